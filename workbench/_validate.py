@@ -1,0 +1,31 @@
+"""Validation helpers: every bad value raises a ValueError that names it and lists the valid ones."""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def check_choice(what: str, value, choices: Iterable) -> None:
+    """Raise ``ValueError("unknown <what> 'x'; choose one of: a, b, c")`` unless ``value`` is a choice."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+def check_positive(what: str, value, *, allow_zero: bool = False, integer: bool = False) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is a positive (or non-negative) number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{what} must be {kind}, got {value!r}")
+    if value != value or (value < 0 if allow_zero else value <= 0):  # NaN fails too
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be {bound}, got {value!r}")
+
+
+def check_divides(what: str, divisor: int, whole_what: str, whole: int) -> None:
+    """Raise a ValueError unless ``divisor`` divides ``whole`` (e.g. groups into channels)."""
+    if whole % divisor != 0:
+        valid = [d for d in range(1, whole + 1) if whole % d == 0]
+        raise ValueError(
+            f"{what}={divisor} does not divide {whole_what}={whole}; valid values: "
+            f"{', '.join(map(str, valid))}"
+        )

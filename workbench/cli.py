@@ -1,0 +1,166 @@
+"""Command line: ``python -m workbench train ...`` and ``python -m workbench runs``.
+
+Bad input is reported in one line with exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+STORE_DEFAULT = "data/runs"
+
+
+def _parse_value(text: str):
+    """``8`` -> 8, ``0.5`` -> 0.5, ``true`` -> True, anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _options(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--norm-option expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workbench",
+                                description="Normlab workbench: train small models, store tidy runs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one model and save the run")
+    t.add_argument("--model", default="mlp", help="mlp, convnet or transformer")
+    t.add_argument("--norm", default=None, help="normalization layer (default: the model's)")
+    t.add_argument("--norm-option", action="append", metavar="KEY=VALUE",
+                   help="norm option, e.g. groups=4 or virtual_batch_size=8 (repeatable)")
+    t.add_argument("--ws", action="store_true", help="Weight Standardization (mlp, convnet)")
+    t.add_argument("--residual", action="store_true", help="residual MLP")
+    t.add_argument("--depth", type=int, help="hidden layers (mlp) or blocks (transformer)")
+    t.add_argument("--width", type=int, help="MLP width, ConvNet base channels or d_model")
+    t.add_argument("--placement", help="transformer LN placement: pre, post, mix, ln_scaling")
+    t.add_argument("--dataset", default=None,
+                   help="gaussian_mixture, teacher, shapes, digits, markov (default fits the model)")
+    t.add_argument("--n-train", type=int, default=2048)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--micro-batch", type=int, default=None)
+    t.add_argument("--steps", type=int, default=200)
+    t.add_argument("--optimizer", default="sgd")
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-scaling", default="none")
+    t.add_argument("--base-batch-size", type=int, default=32)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--lr-decay", default="constant")
+    t.add_argument("--batch-schedule", default="constant")
+    t.add_argument("--max-batch-size", type=int, default=None)
+    t.add_argument("--probes", nargs="*", default=None, help="probe names or a preset")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--store", default=STORE_DEFAULT)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("runs", help="list stored runs")
+    r.add_argument("--store", default=STORE_DEFAULT)
+    return p
+
+
+_DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
+
+
+def config_from_args(a) -> "TrainConfig":  # noqa: F821
+    from .data import DataConfig
+    from .models import model_config
+    from .train import TrainConfig
+    from ._validate import check_choice
+
+    check_choice("model", a.model, _DEFAULT_DATA)
+    fields: dict = {}
+    if a.norm is not None:
+        fields["norm"] = a.norm
+    if a.norm_option:
+        fields["norm_options"] = _options(a.norm_option)
+    if a.depth is not None:
+        fields["depth" if a.model != "convnet" else "stages"] = a.depth
+    if a.width is not None:
+        fields[{"mlp": "width", "convnet": "channels", "transformer": "d_model"}[a.model]] = a.width
+    if a.ws:
+        if a.model == "transformer":
+            raise ValueError("--ws applies to mlp and convnet, not 'transformer'")
+        fields["ws"] = True
+    if a.residual:
+        if a.model != "mlp":
+            raise ValueError(f"--residual applies to mlp only (convnet and transformer are residual); got {a.model!r}")
+        fields["residual"] = True
+    if a.placement is not None:
+        if a.model != "transformer":
+            raise ValueError(f"--placement applies to the transformer, not {a.model!r}")
+        fields["placement"] = a.placement
+    data = DataConfig(name=a.dataset or _DEFAULT_DATA[a.model], n_train=a.n_train,
+                      n_test=min(512, max(1, a.n_train // 4)), seed=0)
+    return TrainConfig(model=model_config(a.model, **fields), data=data, steps=a.steps,
+                       batch_size=a.batch_size, micro_batch=a.micro_batch, optimizer=a.optimizer,
+                       lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
+                       lr_scaling=a.lr_scaling, base_batch_size=a.base_batch_size,
+                       warmup_steps=a.warmup_steps, lr_decay=a.lr_decay,
+                       batch_schedule=a.batch_schedule, max_batch_size=a.max_batch_size,
+                       seed=a.seed)
+
+
+def _cmd_train(a) -> int:
+    from .store import RunStore
+    from .train import resolve_probes, train
+
+    cfg = config_from_args(a)
+    probes = resolve_probes(a.probes[0] if a.probes and len(a.probes) == 1 else a.probes)
+    run = train(cfg, probes=probes or None, store=RunStore(a.store), progress=not a.no_progress,
+                device=a.device)
+    s = run.summary()
+    line = (f"run {run.run_id}: {run.status} after {run.steps_done} steps in {run.wall_time:.1f}s; "
+            f"final train loss {s['final_loss']:.4f}")
+    if s["test_accuracy"] == s["test_accuracy"]:  # not NaN
+        line += f", test accuracy {s['test_accuracy']:.3f}"
+    if run.status == "diverged":
+        line += f"; diverged at step {run.diverged_step}"
+    if run.error:
+        line += f"; error: {run.error}"
+    print(line)
+    print(f"saved to {a.store}/{run.run_id}")
+    return 0 if run.status in ("finished", "diverged", "cancelled") else 1
+
+
+def _cmd_runs(a) -> int:
+    import pandas as pd
+
+    from .store import RunStore
+
+    table = RunStore(a.store).summary()
+    if table.empty:
+        print(f"no runs in {a.store}")
+        return 0
+    cols = ["run_id", "status", "model", "norm", "dataset", "optimizer", "batch_size", "lr", "seed",
+            "steps", "final_loss", "test_accuracy", "started_at"]
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _cmd_train, "runs": _cmd_runs}[args.command](args)
+    except (ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

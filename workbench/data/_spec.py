@@ -1,0 +1,38 @@
+"""Shared pieces of the data sets: seeded generators and the per-data-set spec."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    """A fresh CPU generator for one named stream of one seed.
+
+    Separate streams (``"task"``, ``"train"``, ``"test"``) keep, e.g., the teacher and the test set
+    unchanged when only ``n_train`` changes, and never touch torch's global RNG.
+    """
+    key = [seed] + [ord(c) for c in stream]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to check options for, and build, one data set.
+
+    Attributes:
+        task: ``"classification"``, ``"regression"`` or ``"lm"``.
+        defaults: every option the data set takes, with its default.
+        check: ``check(options)`` raises ValueError on a bad value (options are complete here).
+        build: ``build(n_train, n_test, seed, **options) -> Dataset``.
+        max_examples: how many examples exist (``n_train + n_test`` cap), None if unlimited.
+    """
+
+    task: str
+    defaults: dict
+    check: Callable[[dict], None]
+    build: Callable
+    max_examples: int | None = None

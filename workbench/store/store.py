@@ -1,0 +1,105 @@
+"""RunStore: one folder per run (config JSON, meta JSON, rows as Parquet), written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .._validate import check_choice
+from .run import Run, empty_frame
+
+_RUN_ID_CHARS = set("0123456789abcdef")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then ``os.replace`` (atomic on POSIX)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunStore:
+    """Stores runs under ``root/<run_id>/`` as ``config.json``, ``meta.json`` and ``rows.parquet``.
+
+    ``meta.json`` is written last, so a run folder without it (a writer killed mid-way) is ignored
+    by :meth:`has`, :meth:`get` and :meth:`load`, and overwritten by the next save.
+    """
+
+    def __init__(self, root: str | os.PathLike = "data/runs"):
+        self.root = Path(root)
+
+    def _dir(self, run_id: str) -> Path:
+        if not run_id or not set(run_id) <= _RUN_ID_CHARS:
+            raise ValueError(f"invalid run id {run_id!r}: expected lowercase hex digits")
+        return self.root / run_id
+
+    def save(self, run: Run) -> Path:
+        """Write (or overwrite) a run; returns its folder."""
+        folder = self._dir(run.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = folder / "meta.json"
+        if meta.exists():  # invalidate first so a half-overwritten run never looks complete
+            meta.unlink()
+        _atomic_write_bytes(folder / "config.json", json.dumps(run.config, indent=1, sort_keys=True).encode())
+        frame = run.frame.reset_index(drop=True)
+        _atomic_write_bytes(folder / "rows.parquet", frame.to_parquet(index=False))
+        _atomic_write_bytes(meta, json.dumps(run.meta_dict(), indent=1, sort_keys=True).encode())
+        return folder
+
+    def has(self, run_id: str) -> bool:
+        return (self._dir(run_id) / "meta.json").exists()
+
+    def run_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and set(p.name) <= _RUN_ID_CHARS and (p / "meta.json").exists())
+
+    def get(self, run_id: str) -> Run:
+        folder = self._dir(run_id)
+        if not (folder / "meta.json").exists():
+            known = self.run_ids()
+            raise KeyError(f"no run {run_id!r} in {self.root}; stored runs: "
+                           f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
+        meta = json.loads((folder / "meta.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        frame = pd.read_parquet(folder / "rows.parquet")
+        known = {"run_id", "status", "error", "diverged_step", "steps_done", "wall_time", "started_at"}
+        return Run(run_id=run_id, config=config, status=meta["status"], frame=frame,
+                   error=meta.get("error"), diverged_step=meta.get("diverged_step"),
+                   steps_done=meta.get("steps_done", 0), wall_time=meta.get("wall_time", 0.0),
+                   started_at=meta.get("started_at", ""),
+                   meta={k: v for k, v in meta.items() if k not in known})
+
+    def load(self, status: str | None = None) -> pd.DataFrame:
+        """All stored rows in one tidy frame (optionally only runs with ``status``)."""
+        if status is not None:
+            from .run import STATUSES
+            check_choice("status", status, STATUSES)
+        frames = []
+        for run_id in self.run_ids():
+            run = self.get(run_id)
+            if status is None or run.status == status:
+                frames.append(run.frame)
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else empty_frame()
+
+    def summary(self) -> pd.DataFrame:
+        """One row per stored run (status, model, norm, batch size, final loss, ...)."""
+        rows = [self.get(r).summary() for r in self.run_ids()]
+        return pd.DataFrame(rows)
+
+    def delete(self, run_id: str) -> None:
+        shutil.rmtree(self._dir(run_id), ignore_errors=True)

@@ -1,0 +1,311 @@
+"""The training engine: one function, ``train(cfg) -> Run``, recording tidy rows as it goes.
+
+Per step it records ``loss``, ``accuracy`` (classification/LM), ``lr``, ``batch_size``,
+``examples`` (seen so far), ``grad_norm``, ``weight_norm`` and ``wall_time`` (probe ``"train"``),
+test-set ``loss``/``accuracy`` every ``eval_every`` steps (probe ``"eval"``), and the rows of any
+probes on their schedule. A NaN/inf loss ends the run as ``diverged`` keeping every row so far;
+a cancel token or Ctrl-C ends it as ``cancelled``; an exception ends it as ``failed`` with the
+error message. Nothing recorded is lost in any of these cases.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import traceback
+import warnings
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ..data import BatchSampler, make_dataset, split_micro
+from ..models import build_model, fit_to_data
+from ..store import COLUMNS, Run, RunStore, empty_frame
+from ..utils import preserved_state, resolve_device, seed_everything
+from .config import TrainConfig
+from .hooks import CancelToken, every
+from .optim import build_optimizer
+from .schedules import lr_at, make_batch_schedule
+
+Probe = Callable[..., pd.DataFrame]
+StepCallback = Callable[[int, dict], None]
+TRAIN_METRICS = ("loss", "accuracy", "lr", "batch_size", "examples", "grad_norm", "weight_norm",
+                 "wall_time")
+
+
+def resolve_probes(probes) -> dict[str, Probe]:
+    """Accept None, a preset name, a list of names/callables, or a ``{name: callable}`` dict."""
+    if probes is None:
+        return {}
+    from ..probes import PRESETS, PROBES  # local: probes may pull in heavier modules
+
+    if isinstance(probes, str):
+        if probes in PRESETS:
+            return {n: PROBES[n] for n in PRESETS[probes]}
+        probes = [probes]
+    if isinstance(probes, Mapping):
+        items = list(probes.items())
+    else:
+        items = []
+        for p in probes:
+            if isinstance(p, str):
+                if p not in PROBES:
+                    raise ValueError(f"unknown probe {p!r}; choose one of: {', '.join(PROBES)} "
+                                     f"or a preset: {', '.join(PRESETS)}")
+                items.append((p, PROBES[p]))
+            elif callable(p):
+                items.append((getattr(p, "__name__", repr(p)), p))
+            else:
+                raise ValueError(f"a probe must be a name or a callable, got {p!r}")
+    for name, fn in items:
+        if not callable(fn):
+            raise ValueError(f"probe {name!r} is not callable: {fn!r}")
+    return dict(items)
+
+
+class _Rows:
+    """Column-wise row buffer: appending is cheap, the frame is built once at the end."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.step: list[int] = []
+        self.probe: list[str] = []
+        self.metric: list[str] = []
+        self.value: list[float] = []
+        self.extra: list[pd.DataFrame] = []
+
+    def add(self, step: int, probe: str, metrics: dict) -> None:
+        for name, value in metrics.items():
+            self.step.append(step)
+            self.probe.append(probe)
+            self.metric.append(name)
+            self.value.append(float(value))
+
+    def add_frame(self, step: int, probe: str, frame: pd.DataFrame) -> None:
+        frame = frame.copy()
+        frame.insert(0, "step", step)
+        frame.insert(0, "run_id", self.run_id)
+        if "probe" not in frame:
+            frame["probe"] = probe
+        if "layer" not in frame:
+            frame["layer"] = ""
+        self.extra.append(frame)
+
+    def frame(self) -> pd.DataFrame:
+        base = pd.DataFrame({"run_id": self.run_id, "step": self.step, "probe": self.probe,
+                             "metric": self.metric, "layer": "", "value": self.value})
+        frames = [f for f in [base, *self.extra] if len(f)]
+        if not frames:
+            return empty_frame()
+        out = pd.concat(frames, ignore_index=True)
+        out = out.sort_values("step", kind="stable", ignore_index=True)
+        for col, dtype in zip(COLUMNS, ["string", "int64", "string", "string", "string", "float64"]):
+            out[col] = out[col].astype(dtype)
+        return out
+
+
+@torch.no_grad()
+def evaluate(model, dataset, *, batch_size: int = 1024) -> dict:
+    """Test-set mean loss (and accuracy) in eval mode; restores the model's train/eval flag."""
+    was_training = model.training
+    model.eval()
+    total, loss_sum, acc_sum, has_acc = 0, 0.0, 0.0, False
+    try:
+        for start in range(0, dataset.n_test, batch_size):
+            x = dataset.x_test[start:start + batch_size]
+            y = dataset.y_test[start:start + batch_size]
+            out = model(x)
+            n = len(x)
+            loss_sum += float(dataset.loss_fn(out, y)) * n
+            acc = dataset.accuracy(out, y)
+            if acc is not None:
+                has_acc, acc_sum = True, acc_sum + float(acc) * n
+            total += n
+    finally:
+        model.train(was_training)
+    out = {"loss": loss_sum / max(total, 1)}
+    if has_acc:
+        out["accuracy"] = acc_sum / max(total, 1)
+    return out
+
+
+def _flat_grad(params) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def _chunk_size(batch: int, chunks: int = 4) -> int:
+    """The largest divisor of ``batch`` that gives at least ``min(chunks, batch)`` chunks."""
+    return max(d for d in range(1, batch // min(chunks, batch) + 1) if batch % d == 0)
+
+
+def _chunk_grads(model, loss_fn, x, y, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Flattened gradients on disjoint chunks of a batch, leaving the model untouched."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    with preserved_state(model, rng=False):
+        for idx in chunks:
+            g = torch.autograd.grad(loss_fn(model(x[idx]), y[idx]), params, allow_unused=True)
+            grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                                    for gi, p in zip(g, params)]))
+    return grads
+
+
+def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool] | None = None,
+          store: RunStore | str | None = None, cancel: CancelToken | None = None,
+          progress: bool = False, callback: StepCallback | None = None,
+          device: str | torch.device = "auto") -> Run:
+    """Train the model a config describes and return the :class:`~workbench.store.Run`.
+
+    Args:
+        cfg: the run.
+        probes: None, a preset name (``"cheap"``), a list of probe names / callables, or a
+            ``{name: fn}`` dict; each ``fn(model, (x, y), loss_fn) -> DataFrame`` is called on
+            the step's batch before the update and its rows are tagged with ``run_id`` and ``step``.
+        schedule: when probes run, ``schedule(step, total_steps) -> bool``; default
+            ``every(max(1, steps // 10))``.
+        store: a RunStore (or its root folder) to save the run to when it ends, whatever its status.
+        cancel: a :class:`CancelToken`; checked before every step.
+        progress: show a tqdm progress bar.
+        callback: ``callback(step, metrics)`` after every step, from the training thread
+            (dashboards use it to stream points); keep it cheap.
+        device: ``"auto"`` (CUDA when present) or a torch device.
+
+    Note:
+        Per step: one forward/backward per micro-batch, two fused norms and one device sync.
+        The norm-test batch schedule adds a forward/backward on its check steps when the run has
+        no micro-batches to compare.
+    """
+    if isinstance(store, str):
+        store = RunStore(store)
+    probe_fns = resolve_probes(probes)
+    schedule = schedule or every(max(1, cfg.steps // 10))
+    cancel = cancel or CancelToken()
+    device = resolve_device(device)
+    run_id = cfg.run_id
+    rows = _Rows(run_id)
+    run = Run(run_id=run_id, config=cfg.to_dict(), status="failed",
+              started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    bar = None
+    t0 = time.perf_counter()
+    step = 0
+    try:
+        seed_everything(cfg.seed)
+        dataset = make_dataset(cfg.data).to(device)
+        model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
+                                cfg.data.name)
+        model = build_model(model_cfg).to(device)
+        model.train()
+        run.model, run.dataset = model, dataset
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = build_optimizer(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+                              betas=cfg.betas, eps=cfg.eps, trust_coefficient=cfg.trust_coefficient)
+        sampler = BatchSampler(dataset.n_train, shuffle=cfg.shuffle, seed=cfg.seed)
+        batches = make_batch_schedule(cfg.batch_schedule, batch_size=cfg.batch_size,
+                                      max_batch_size=cfg.max_batch_size,
+                                      growth_factor=cfg.growth_factor, growth_every=cfg.growth_every,
+                                      theta=cfg.norm_test_theta, check_every=cfg.norm_test_every,
+                                      multiple_of=cfg.micro_batch or 1)
+        loss_fn = dataset.loss_fn
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, desc=f"{model_cfg.kind}/{model_cfg.norm} B={cfg.batch_size}",
+                       leave=True)
+        examples = 0
+        for step in range(cfg.steps):
+            if cancel.cancelled:
+                run.status = "cancelled"
+                break
+            B = batches.batch_size(step)
+            lr = lr_at(step, total_steps=cfg.steps, base_lr=cfg.lr, batch_size=B,
+                       base_batch_size=cfg.base_batch_size, scaling=cfg.lr_scaling,
+                       warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = sampler.next(B).to(device)
+            x, y = dataset.x_train[idx], dataset.y_train[idx]
+
+            if probe_fns and schedule(step, cfg.steps):
+                for name, fn in probe_fns.items():
+                    rows.add_frame(step, name, fn(model, (x, y), loss_fn))
+
+            if cfg.micro_batch is None or cfg.micro_batch >= B:
+                micro = [(x, y)]  # no accumulation: no index copies on the hot path
+            else:
+                micro = [(x[mi], y[mi]) for mi in split_micro(torch.arange(B, device=device), cfg.micro_batch)]
+            check_noise = cfg.batch_schedule == "norm_test" and step % cfg.norm_test_every == 0
+            micro_grads = [] if check_noise and len(micro) > 1 else None
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            acc_sum, has_acc = torch.zeros((), device=device), False
+            cumulative = None
+            for xm, ym in micro:
+                m = len(xm)
+                out = model(xm)
+                loss = loss_fn(out, ym)
+                (loss * (m / B) if m != B else loss).backward()
+                loss_sum += loss.detach() * m
+                acc = dataset.accuracy(out.detach(), ym)
+                if acc is not None:
+                    has_acc, acc_sum = True, acc_sum + acc * m
+                if micro_grads is not None:  # .grad holds the running sum of (m/B) * g_micro
+                    now = _flat_grad(params)
+                    micro_grads.append((now if cumulative is None else now - cumulative) * (B / m))
+                    cumulative = now
+            if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
+                chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
+                micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
+            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                [p.grad for p in params if p.grad is not None])))
+            wn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
+            vals = torch.stack([loss_sum / B, acc_sum / B, gn, wn]).tolist()
+            examples += B
+            metrics = {"loss": vals[0]}
+            if has_acc:
+                metrics["accuracy"] = vals[1]
+            metrics.update(lr=lr, batch_size=B, examples=examples, grad_norm=vals[2],
+                           weight_norm=vals[3], wall_time=time.perf_counter() - t0)
+            rows.add(step, "train", metrics)
+            run.steps_done = step + 1
+            if not torch.isfinite(torch.tensor(vals[0])):
+                run.status, run.diverged_step = "diverged", step
+                if callback:
+                    callback(step, metrics)
+                break
+            if micro_grads is not None:
+                batches.observe(step, micro_grads=micro_grads,
+                                micro_batch=B // len(micro_grads))
+            opt.step()
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                rows.add(step + 1, "eval", evaluate(model, dataset))
+            if callback:
+                callback(step, metrics)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{vals[0]:.4f}")
+        else:
+            run.status = "finished"
+        if run.status in ("finished", "cancelled") and run.steps_done:
+            rows.add(run.steps_done, "eval", evaluate(model, dataset))
+    except KeyboardInterrupt:
+        run.status = "cancelled"
+    except Exception as exc:  # recorded, not raised: sweeps and dashboards go on
+        run.status = "failed"
+        run.error = f"{type(exc).__name__}: {exc}"
+        run.meta["traceback"] = traceback.format_exc(limit=8)
+        warnings.warn(f"run {run_id} failed at step {step}: {run.error}", RuntimeWarning, stacklevel=2)
+    finally:
+        if bar is not None:
+            bar.close()
+    run.wall_time = time.perf_counter() - t0
+    run.frame = rows.frame()
+    if store is not None:
+        store.save(run)
+    return run
+
+
+def train_many(cfgs: Sequence[TrainConfig], **kwargs) -> list[Run]:
+    """Train several configs one after another with the same keyword arguments."""
+    return [train(c, **kwargs) for c in cfgs]
