@@ -16,7 +16,7 @@ from .._validate import check_positive
 from ._spec import DatasetSpec, generator
 from .dataset import Dataset
 
-DEFAULTS = {"num_classes": 10, "dim": 32, "separation": 4.5}
+DEFAULTS = {"num_classes": 10, "dim": 32, "separation": 5.0}
 
 
 def check(options: dict) -> None:

@@ -106,8 +106,10 @@ def build(n_train: int, n_test: int, seed: int, *, vocab_size: int, seq_len: int
         floor = (first + (seq_len - 1) * rate) / seq_len
     seqs = {s: sample(n, seq_len + 1, probs, pi, vocab_size, order, generator(seed, s))
             for s, n in (("train", n_train), ("test", n_test))}
-    return Dataset("markov", "lm", seqs["train"][:, :-1], seqs["train"][:, 1:],
-                   seqs["test"][:, :-1], seqs["test"][:, 1:], input_shape=(seq_len,),
+    # contiguous copies: inputs and targets must not share storage
+    x_train, y_train = seqs["train"][:, :-1].contiguous(), seqs["train"][:, 1:].contiguous()
+    x_test, y_test = seqs["test"][:, :-1].contiguous(), seqs["test"][:, 1:].contiguous()
+    return Dataset("markov", "lm", x_train, y_train, x_test, y_test, input_shape=(seq_len,),
                    num_outputs=vocab_size, vocab_size=vocab_size,
                    extra={"entropy": rate, "loss_floor": floor, "order": order})
 

@@ -1,0 +1,80 @@
+"""Trainer overhead: ``workbench.train`` per-step time against a bare torch loop, same model and data.
+
+Both loops run in this process, interleaved over several rounds, on the same model config, data,
+batch indices and optimizer; the bare loop only does what any training loop must (index a batch,
+forward, backward, step, read the loss). The trainer also records eight metrics per step (loss,
+accuracy, lr, batch size, examples, gradient norm, weight norm, wall time) with one device sync.
+Target: overhead under 5% with no probes.
+
+    python benchmarks/bench_trainer.py [--steps 300] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from workbench.data import BatchSampler, DataConfig, make_dataset
+from workbench.models import ConvNetConfig, MLPConfig, build_model, fit_to_data
+from workbench.train import TrainConfig, build_optimizer, train
+from workbench.utils import seed_everything
+
+CASES = {
+    "mlp d3 w64 B32 (default)": TrainConfig(model=MLPConfig(depth=3, width=64, norm="batch"),
+                                            batch_size=32),
+    "mlp d4 w256 B128": TrainConfig(model=MLPConfig(depth=4, width=256, norm="batch"), batch_size=128),
+    "convnet c16 B32 shapes": TrainConfig(model=ConvNetConfig(stages=2, channels=16, norm="group",
+                                                              norm_options={"groups": 4}),
+                                          data=DataConfig(name="shapes"), batch_size=32),
+}
+
+
+def bare_loop(cfg: TrainConfig, steps: int) -> float:
+    """Seconds per step of the plainest loop that trains the same thing."""
+    seed_everything(cfg.seed)
+    ds = make_dataset(cfg.data)
+    model = build_model(fit_to_data(cfg.model, ds.input_shape, ds.num_outputs, ds.task)).train()
+    opt = build_optimizer(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum)
+    sampler = BatchSampler(ds.n_train, seed=cfg.seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = sampler.next(cfg.batch_size)
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = ds.loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()  # every real loop reads its loss
+    return (time.perf_counter() - t0) / steps
+
+
+def trainer_loop(cfg: TrainConfig, steps: int) -> float:
+    run = train(cfg.replace(steps=steps, eval_every=0))
+    return run.metric("wall_time").iloc[-1] / steps  # time spent in the step loop only
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "
+          f"rounds {args.rounds} (median)")
+    print(f"{'case':28s} {'bare ms/step':>13s} {'trainer ms/step':>16s} {'overhead':>9s}")
+    worst = 0.0
+    for name, cfg in CASES.items():
+        bare_loop(cfg, 20), trainer_loop(cfg, 20)  # warm-up
+        bare, ours = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_loop(cfg, args.steps))
+            ours.append(trainer_loop(cfg, args.steps))
+        b, o = statistics.median(bare), statistics.median(ours)
+        worst = max(worst, o / b - 1)
+        print(f"{name:28s} {b * 1e3:13.3f} {o * 1e3:16.3f} {100 * (o / b - 1):8.1f}%")
+    print(f"worst overhead {100 * worst:.1f}% (target < 5%)")
+
+
+if __name__ == "__main__":
+    main()

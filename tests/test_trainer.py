@@ -1,0 +1,207 @@
+"""The trainer: learns, is reproducible, reports divergence and cancellation, keeps rows."""
+import math
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.data import DataConfig, make_dataset
+from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig
+from workbench.store import COLUMNS, RunStore
+from workbench.train import (DATASET_INPUTS, TRAIN_METRICS, CancelToken, TrainConfig, every,
+                             log_spaced, train)
+
+SMALL = DataConfig(name="gaussian_mixture", n_train=512, n_test=256)
+
+
+def test_lowers_loss_on_gaussian_mixture():
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=64, norm="batch"), data=SMALL, steps=150,
+                      batch_size=32, lr=0.05)
+    run = train(cfg)
+    assert run.status == "finished" and run.steps_done == 150
+    loss = run.metric("loss")
+    assert loss.iloc[-20:].mean() < 0.5 * loss.iloc[:5].mean()
+    assert run.final("accuracy", "eval") > 0.6
+    assert set(run.frame.columns) >= set(COLUMNS)
+    train_rows = run.frame[run.frame.probe == "train"]
+    assert set(train_rows.metric) == set(TRAIN_METRICS)
+    assert (train_rows.groupby("step").size() == len(TRAIN_METRICS)).all()  # tidy: one row per step x metric
+
+
+def test_lowers_loss_on_digits_with_convnet():
+    cfg = TrainConfig(model=ConvNetConfig(stages=2, channels=8, norm="group",
+                                          norm_options={"groups": 4}),
+                      data=DataConfig(name="digits", n_train=512, n_test=256), steps=60,
+                      batch_size=32, optimizer="adam", lr=3e-3)
+    run = train(cfg)
+    assert run.status == "finished"
+    assert run.final("accuracy", "eval") > 0.5  # chance is 0.1
+    assert run.metric("loss").iloc[-10:].mean() < 0.6 * run.metric("loss").iloc[:3].mean()
+
+
+def test_same_seed_same_frame_different_seed_differs():
+    cfg = TrainConfig.smoke()
+    a, b = train(cfg), train(cfg)
+    cols = ["run_id", "step", "probe", "metric", "layer", "value"]
+    ta = a.frame[a.frame.metric != "wall_time"][cols].reset_index(drop=True)
+    tb = b.frame[b.frame.metric != "wall_time"][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ta, tb)
+    c = train(cfg.replace(seed=1))
+    assert c.run_id != a.run_id
+    assert not a.metric("loss").equals(c.metric("loss"))
+
+
+def test_huge_lr_diverges_and_keeps_rows(tmp_path):
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=32), data=SMALL, steps=200, batch_size=32,
+                      lr=1e6, momentum=0.9)
+    run = train(cfg, store=RunStore(tmp_path))
+    assert run.status == "diverged"
+    assert run.diverged_step is not None and run.diverged_step < 199
+    loss = run.metric("loss")
+    assert loss.index.max() == run.diverged_step and not math.isfinite(loss.iloc[-1])
+    assert len(loss) == run.diverged_step + 1  # every step up to divergence kept
+    stored = RunStore(tmp_path).get(run.run_id)
+    assert stored.status == "diverged" and len(stored.frame) == len(run.frame)
+
+
+def test_cancel_stops_between_steps(tmp_path):
+    token = CancelToken()
+    seen = []
+
+    def on_step(step, metrics):
+        seen.append(step)
+        if step == 4:
+            token.cancel()
+
+    run = train(TrainConfig.smoke().replace(steps=1000), cancel=token, callback=on_step,
+                store=str(tmp_path))
+    assert run.status == "cancelled" and run.steps_done == 5 and seen == list(range(5))
+    assert run.metric("loss").index.max() == 4
+    assert RunStore(tmp_path).get(run.run_id).status == "cancelled"
+
+
+def test_cancel_from_another_thread():
+    token = CancelToken()
+    result = {}
+    cfg = TrainConfig.smoke().replace(steps=100_000)
+    thread = threading.Thread(target=lambda: result.setdefault("run", train(cfg, cancel=token)))
+    thread.start()
+    threading.Timer(0.5, token.cancel).start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and result["run"].status == "cancelled"
+
+
+def test_failure_is_recorded_not_raised():
+    def broken_probe(model, batch, loss_fn):
+        raise RuntimeError("probe exploded")
+
+    with pytest.warns(RuntimeWarning, match="probe exploded"):
+        run = train(TrainConfig.smoke(), probes={"broken": broken_probe}, schedule=every(5))
+    assert run.status == "failed" and "probe exploded" in run.error
+
+
+def test_probes_run_on_schedule_and_leave_training_unchanged():
+    cfg = TrainConfig.smoke().replace(model=MLPConfig(depth=2, width=16, norm="batch"))
+    plain = train(cfg)
+    probed = train(cfg, probes=["layer_norms"], schedule=every(5))
+    rows = probed.frame[probed.frame.probe == "layer_norms"]
+    assert sorted(rows.step.unique()) == [0, 5, 10, 15, 19]
+    assert {"hvps", "iters", "converged"} <= set(probed.frame.columns)
+    # probes leave the model exactly as found: the training curve is unchanged
+    assert probed.metric("loss").equals(plain.metric("loss"))
+
+
+def test_log_spaced_schedule():
+    s = log_spaced(5)
+    steps = [t for t in range(1000) if s(t, 1000)]
+    assert steps[0] == 0 and steps[-1] == 999 and 4 <= len(steps) <= 6
+    assert every(10)(0, 100) and every(10)(99, 100) and not every(10)(5, 100)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient():
+    """Without batch-dependent norms, accumulation over micro-batches equals one big batch."""
+    base = TrainConfig(model=MLPConfig(depth=2, width=16, norm="layer"), data=SMALL, steps=10,
+                       batch_size=32, lr=0.1)
+    a, b = train(base), train(base.replace(micro_batch=8))
+    assert torch.allclose(torch.tensor(a.metric("loss").values), torch.tensor(b.metric("loss").values),
+                          atol=1e-5)
+
+
+def test_micro_batches_change_batchnorm():
+    """With BatchNorm, micro-batches change what BN sees, so the runs differ."""
+    base = TrainConfig(model=MLPConfig(depth=2, width=16, norm="batch"), data=SMALL, steps=10,
+                       batch_size=32, lr=0.1)
+    a, b = train(base), train(base.replace(micro_batch=4))
+    assert not torch.allclose(torch.tensor(a.metric("loss").values), torch.tensor(b.metric("loss").values))
+
+
+def test_batch_growth_and_lr_scaling():
+    cfg = TrainConfig(model=MLPConfig(depth=1, width=16), data=SMALL, steps=30, batch_size=16,
+                      batch_schedule="step", growth_every=10, max_batch_size=64,
+                      lr=0.01, lr_scaling="linear", base_batch_size=16, warmup_steps=5)
+    run = train(cfg)
+    bs = run.metric("batch_size")
+    assert list(bs.loc[[0, 10, 20, 29]]) == [16, 32, 64, 64]
+    lr = run.metric("lr")
+    assert lr.loc[4] == pytest.approx(0.01) and lr.loc[0] < lr.loc[4]
+    assert lr.loc[15] == pytest.approx(0.02) and lr.loc[25] == pytest.approx(0.04)
+    assert run.metric("examples").iloc[-1] == 10 * 16 + 10 * 32 + 10 * 64
+
+
+def test_norm_test_grows_batch_when_noise_dominates():
+    cfg = TrainConfig(model=MLPConfig(depth=1, width=16), data=SMALL, steps=40, batch_size=8,
+                      batch_schedule="norm_test", norm_test_theta=0.1, norm_test_every=5,
+                      max_batch_size=128, lr=0.05)
+    run = train(cfg)
+    bs = run.metric("batch_size")
+    assert bs.is_monotonic_increasing and bs.iloc[-1] > 8
+
+
+@pytest.mark.parametrize("model, data", [
+    (TransformerConfig(depth=2, d_model=16, norm="rms", placement="mix", mix_fraction=0.5),
+     DataConfig(name="markov", n_train=256, n_test=64)),
+    (MLPConfig(depth=2, width=16, norm="batch_channel", norm_options={"groups": 4}, ws=True),
+     DataConfig(name="teacher", n_train=256, n_test=64)),
+    (ConvNetConfig(stages=1, channels=8, norm="ghost_batch", norm_options={"virtual_batch_size": 4}),
+     DataConfig(name="shapes", n_train=128, n_test=64)),
+])
+def test_every_model_kind_trains(model, data):
+    for optimizer in ("lars", "lamb"):
+        run = train(TrainConfig(model=model, data=data, steps=8, batch_size=16, optimizer=optimizer,
+                                lr=0.01))
+        assert run.status == "finished", run.error
+
+
+def test_dataset_inputs_table_matches_datasets():
+    for name, kind in DATASET_INPUTS.items():
+        ds = make_dataset(DataConfig(name=name, n_train=16, n_test=8))
+        got = "tokens" if ds.task == "lm" else ("images" if len(ds.input_shape) == 3 else "features")
+        assert got == kind, name
+
+
+def test_config_round_trip_and_stable_id():
+    cfg = TrainConfig(model=MLPConfig(norm="group", norm_options={"groups": 4}), micro_batch=8)
+    back = TrainConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.run_id == cfg.run_id
+    assert cfg.replace(lr=0.1).run_id != cfg.run_id
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(optimizer="adagrad"), r"unknown optimizer 'adagrad'.*sgd, adam, adamw, lars, lamb"),
+    (dict(batch_size=0), r"batch_size must be > 0"),
+    (dict(steps=-3), r"steps must be > 0"),
+    (dict(micro_batch=5), r"micro_batch=5 does not divide batch_size=32.*1, 2, 4, 8, 16, 32"),
+    (dict(lr_scaling="cubic"), r"unknown lr_scaling 'cubic'.*none, linear, sqrt"),
+    (dict(batch_schedule="grow"), r"unknown batch_schedule 'grow'"),
+    (dict(batch_schedule="step"), r"needs max_batch_size"),
+    (dict(max_batch_size=16), r"max_batch_size=16 is smaller than batch_size=32"),
+    (dict(shuffle="twice"), r"unknown shuffle 'twice'.*reshuffle, single, none"),
+    (dict(batch_size=4096), r"batch size 4096 is larger than the training set"),
+    (dict(lr=float("nan")), r"lr must be > 0"),
+    (dict(data=DataConfig(name="markov")), r"model 'mlp' cannot take data set 'markov'.*transformer"),
+    (dict(model=ConvNetConfig(), data=DataConfig(name="teacher")), r"'convnet' cannot take.*shapes, digits"),
+])
+def test_bad_train_configs(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**changes)

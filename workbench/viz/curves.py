@@ -1,0 +1,103 @@
+"""Training curves: a metric against step, one line per run (or per any column), from a tidy frame.
+
+Frames have the columns ``run_id, step, probe, metric, layer, value`` (see ``workbench.store``).
+Plotly is imported inside each function so importing this module costs nothing.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+DIVERGED_SYMBOL = "x"
+DIVERGED_COLOR = "crimson"
+MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
+
+
+def _finite_last(steps: Sequence[float], values: Sequence[float]) -> tuple[float, float] | None:
+    """The last step and the last finite value before it (a diverged run ends in NaN/inf)."""
+    if len(steps) == 0:
+        return None
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(steps[-1]), (finite[-1] if finite else float("nan"))
+
+
+def diverged_marker(step: float, value: float, *, name: str = "diverged", showlegend: bool = True):
+    """A red ``x`` at ``(step, value)``: where a run's loss stopped being finite.
+
+    Args:
+        step: the step whose loss was NaN/inf.
+        value: the y to draw it at, usually the last finite value of the curve.
+    """
+    import plotly.graph_objects as go
+
+    return go.Scatter(x=[step], y=[value], mode="markers", name=name, showlegend=showlegend,
+                      marker={"symbol": DIVERGED_SYMBOL, "size": 14, "color": DIVERGED_COLOR,
+                              "line": {"width": 2, "color": DIVERGED_COLOR}},
+                      hovertemplate=f"{name} at step %{{x}}<extra></extra>")
+
+
+def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train",
+                  color: str = "run_id", log_y: bool = False,
+                  status: Mapping[str, str] | None = None, title: str | None = None):
+    """One line per value of ``color`` for ``metric`` against ``step``.
+
+    Args:
+        frame: tidy rows (``run_id, step, probe, metric, layer, value``; extra columns such as a
+            run's ``norm`` or ``batch_size`` can be merged in and used as ``color``).
+        metric: which metric to draw (``loss``, ``accuracy``, ``grad_norm`` ...).
+        probe: which probe's rows (``train`` for per-step training rows, ``eval`` for test set).
+        color: the column that splits lines. Per-layer metrics (more than one ``layer``) get one
+            line per (``color``, ``layer``).
+        log_y: logarithmic y axis (non-positive values are dropped by plotly).
+        status: ``{run_id: status}``; runs whose status is ``diverged`` get a red ``x`` at their
+            last step, drawn at the last finite value.
+        title: figure title; defaults to ``"<metric> (<probe>)"``.
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+    """
+    import plotly.graph_objects as go
+
+    for col in ("step", "probe", "metric", "value", color):
+        if col not in frame.columns:
+            raise ValueError(f"frame has no column {col!r}; columns: {', '.join(map(str, frame.columns))}")
+    rows = frame[(frame["probe"] == probe) & (frame["metric"] == metric)]
+    keys = [color]
+    if "layer" in rows.columns and color != "layer" and rows["layer"].fillna("").nunique() > 1:
+        keys.append("layer")
+    fig = go.Figure()
+    for key, group in rows.sort_values("step", kind="stable").groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        name = " / ".join(str(k) for k in key if pd.notna(k) and k != "")
+        # NaN/inf are not JSON: show them as gaps, the diverged marker says what happened.
+        y = [v if math.isfinite(v) else None for v in group["value"].astype(float)]
+        fig.add_trace(go.Scatter(x=group["step"].tolist(), y=y, mode="lines", name=name or metric))
+    if status:
+        shown = False
+        for run_id, group in rows.sort_values("step", kind="stable").groupby("run_id", sort=True):
+            if status.get(run_id) != "diverged":
+                continue
+            last = _finite_last(group["step"].tolist(), group["value"].astype(float).tolist())
+            if last is not None:
+                fig.add_trace(diverged_marker(*last, name="diverged", showlegend=not shown))
+                shown = True
+    fig.update_layout(title=title or f"{metric} ({probe})", xaxis_title="step", yaxis_title=metric,
+                      template="plotly_white", margin=MARGIN,
+                      legend_title_text=" / ".join(keys))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def live_loss_figure(title: str = "training loss", log_y: bool = True):
+    """The figure the live dashboard streams into: trace 0 is the loss, empty to start with."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[], y=[], mode="lines", name="loss"))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", template="plotly_white",
+                      margin=MARGIN, showlegend=False, uirevision="live")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
