@@ -26,7 +26,7 @@ def _train_steps(model, x, y, loss_fn, steps=3):
         loss.backward()
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @pytest.mark.parametrize("norm", MLP_NORMS)

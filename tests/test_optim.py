@@ -76,15 +76,15 @@ def run_against_ref(opt_name, ref, hyper, opt_kwargs, steps=4):
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_lars_matches_hand_rule(nesterov):
-    hyper = dict(lr=0.5, momentum=0.9, wd=0.01, eta=0.02, nesterov=nesterov)
-    run_against_ref("lars", lars_ref, hyper, dict(lr=0.5, momentum=0.9, nesterov=nesterov,
-                                                  weight_decay=0.01, trust_coefficient=0.02))
+    hyper = {"lr": 0.5, "momentum": 0.9, "wd": 0.01, "eta": 0.02, "nesterov": nesterov}
+    run_against_ref("lars", lars_ref, hyper, {"lr": 0.5, "momentum": 0.9, "nesterov": nesterov,
+                                                  "weight_decay": 0.01, "trust_coefficient": 0.02})
 
 
 def test_lamb_matches_hand_rule():
-    hyper = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, wd=0.1)
+    hyper = {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "wd": 0.1}
     run_against_ref("lamb", lamb_ref, hyper,
-                    dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1))
+                    {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1})
 
 
 def raw_params():
@@ -186,14 +186,14 @@ def test_no_adapt_groups_are_plain_sgd_and_adam():
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_resumes_identically(name):
-    kwargs = dict(lr=0.05, weight_decay=0.01, trust_coefficient=0.02)
+    kwargs = {"lr": 0.05, "weight_decay": 0.01, "trust_coefficient": 0.02}
     data = batches(6)
     model = tiny_model()
     opt = build_optimizer(name, model, **kwargs)
 
     def train(model, opt, chunk):
         for x, y in chunk:
-            def closure():
+            def closure(x=x, y=y):
                 opt.zero_grad()
                 loss = loss_of(model, x, y)
                 loss.backward()
@@ -264,17 +264,19 @@ def test_torch_optimizers_match_torch_with_same_groups(name):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="adagrad"), "unknown optimizer 'adagrad'; choose one of: sgd, adam, adamw, lars, lamb"),
-    (dict(lr=0.0), "lr must be > 0, got 0.0"),
-    (dict(lr=-1.0), "lr must be > 0, got -1.0"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
-    (dict(momentum=-0.1), "momentum must be >= 0, got -0.1"),
-    (dict(nesterov=True, momentum=0.0), "nesterov=True needs momentum > 0, got momentum=0.0"),
-    (dict(name="adam", nesterov=True), "nesterov=True applies only to sgd and lars, not optimizer 'adam'"),
-    (dict(weight_decay=-0.1), "weight_decay must be >= 0, got -0.1"),
-    (dict(name="adam", betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\), got 1.0"),
-    (dict(name="lamb", eps=0.0), "eps must be > 0, got 0.0"),
-    (dict(name="lars", trust_coefficient=0.0), "trust_coefficient must be > 0, got 0.0"),
+    ({"name": "adagrad"},
+     "unknown optimizer 'adagrad'; choose one of: sgd, adam, adamw, lars, lamb"),
+    ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+    ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+    ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+    ({"momentum": -0.1}, "momentum must be >= 0, got -0.1"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov=True needs momentum > 0, got momentum=0.0"),
+    ({"name": "adam", "nesterov": True},
+     "nesterov=True applies only to sgd and lars, not optimizer 'adam'"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+    ({"name": "adam", "betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1.0"),
+    ({"name": "lamb", "eps": 0.0}, "eps must be > 0, got 0.0"),
+    ({"name": "lars", "trust_coefficient": 0.0}, "trust_coefficient must be > 0, got 0.0"),
 ])
 def test_bad_inputs_name_the_value(kwargs, match):
     kwargs = {"name": "sgd", "lr": 0.1, **kwargs}

@@ -1,6 +1,7 @@
 """LR scaling/warm-up/decay rules and batch-size schedules, including the norm test's estimator."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -23,15 +24,16 @@ def test_names():
     assert BATCH_SCHEDULES == ("constant", "step", "norm_test")
 
 
-@pytest.mark.parametrize("rule, expected", [("none", 0.1), ("linear", 0.8), ("sqrt", 0.1 * 8 ** 0.5)])
+@pytest.mark.parametrize("rule, expected",
+                         [("none", 0.1), ("linear", 0.8), ("sqrt", 0.1 * 8 ** 0.5)])
 def test_scaled_lr(rule, expected):
     assert math.isclose(scaled_lr(0.1, 256, 32, rule), expected, rel_tol=1e-12)
     assert math.isclose(scaled_lr(0.1, 32, 32, rule), 0.1)  # identity at the base batch
 
 
 def kw(**overrides):
-    base = dict(total_steps=100, base_lr=0.1, batch_size=128, base_batch_size=32,
-                scaling="linear", warmup_steps=10)
+    base = {"total_steps": 100, "base_lr": 0.1, "batch_size": 128, "base_batch_size": 32,
+                "scaling": "linear", "warmup_steps": 10}
     return {**base, **overrides}
 
 
@@ -39,9 +41,9 @@ def test_warmup_ramps_linearly_to_scaled_lr():
     peak = 0.4
     lrs = [lr_at(s, **kw()) for s in range(12)]
     assert math.isclose(lrs[0], peak / 10)
-    diffs = [b - a for a, b in zip(lrs[:9], lrs[1:10])]
+    diffs = [b - a for a, b in itertools.pairwise(lrs[:10])]  # steps 0..9 warm up
     assert all(math.isclose(d, peak / 10) for d in diffs)  # equal increments
-    assert math.isclose(lrs[9], peak) and math.isclose(lrs[10], peak) and math.isclose(lrs[11], peak)
+    assert all(math.isclose(lr, peak) for lr in lrs[9:12])
     assert lr_at(0, **kw(warmup_steps=0)) == pytest.approx(peak)
 
 
@@ -49,14 +51,14 @@ def test_warmup_ramps_linearly_to_scaled_lr():
 @pytest.mark.parametrize("min_ratio", [0.0, 0.1])
 def test_decay_endpoints(decay, min_ratio):
     peak, floor = 0.4, 0.4 * min_ratio
-    lr = lambda s: lr_at(s, **kw(decay=decay, min_lr_ratio=min_ratio))  # noqa: E731
+    lr = lambda s: lr_at(s, **kw(decay=decay, min_lr_ratio=min_ratio))
     assert math.isclose(lr(10), peak)  # decay starts at the peak
     assert math.isclose(lr(55), (peak + floor) / 2)  # half way, both shapes
     assert math.isclose(lr(100), floor, abs_tol=1e-15)  # reaches the floor one past the end
     assert math.isclose(lr(500), floor, abs_tol=1e-15)
     assert floor < lr(99) < lr(98)
     seq = [lr(s) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(seq, seq[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(seq))
     if decay == "linear":
         assert math.isclose(lr(10 + 30), peak - (peak - floor) / 3)  # t = 30 / 90
     else:
@@ -70,16 +72,16 @@ def test_constant_decay_and_no_scaling():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(scaling="cubic"), "unknown lr scaling rule 'cubic'; choose one of: none, linear, sqrt"),
-    (dict(decay="step"), "unknown lr decay 'step'; choose one of: constant, cosine, linear"),
-    (dict(warmup_steps=-1), "warmup_steps must be >= 0, got -1"),
-    (dict(warmup_steps=101), "warmup_steps=101 must be <= total_steps=100"),
-    (dict(total_steps=0), "total_steps must be > 0, got 0"),
-    (dict(batch_size=0), "batch_size must be > 0, got 0"),
-    (dict(base_batch_size=-4), "base_batch_size must be > 0, got -4"),
-    (dict(batch_size=3.5), "batch_size must be an integer, got 3.5"),
-    (dict(base_lr=-0.1), "base_lr must be >= 0, got -0.1"),
-    (dict(min_lr_ratio=1.5), r"min_lr_ratio must be in \[0, 1\], got 1.5"),
+    ({"scaling": "cubic"}, "unknown lr scaling rule 'cubic'; choose one of: none, linear, sqrt"),
+    ({"decay": "step"}, "unknown lr decay 'step'; choose one of: constant, cosine, linear"),
+    ({"warmup_steps": -1}, "warmup_steps must be >= 0, got -1"),
+    ({"warmup_steps": 101}, "warmup_steps=101 must be <= total_steps=100"),
+    ({"total_steps": 0}, "total_steps must be > 0, got 0"),
+    ({"batch_size": 0}, "batch_size must be > 0, got 0"),
+    ({"base_batch_size": -4}, "base_batch_size must be > 0, got -4"),
+    ({"batch_size": 3.5}, "batch_size must be an integer, got 3.5"),
+    ({"base_lr": -0.1}, "base_lr must be >= 0, got -0.1"),
+    ({"min_lr_ratio": 1.5}, r"min_lr_ratio must be in \[0, 1\], got 1.5"),
 ])
 def test_lr_bad_inputs(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -98,16 +100,23 @@ def test_constant_batch():
     assert sched.batch_size(1) == 64 and not sched.needs_grads(0)
 
 
+def test_cap_not_a_multiple_rounds_down():
+    sched = make_batch_schedule("step", batch_size=32, max_batch_size=100, growth_every=1,
+                                multiple_of=8)
+    assert [sched.batch_size(s) for s in range(4)] == [32, 64, 96, 96]
+
+
 def test_step_growth_with_cap():
     sched = make_batch_schedule("step", batch_size=32, max_batch_size=200 // 8 * 8,
                                 growth_factor=2, growth_every=10, multiple_of=8)
     sizes = [sched.batch_size(s) for s in range(0, 60, 10)]
     assert sizes == [32, 64, 128, 200, 200, 200]
     assert sched.batch_size(9) == 32 and sched.batch_size(10**12) == 200
-    odd = make_batch_schedule("step", batch_size=8, growth_factor=1.5, growth_every=1, multiple_of=4)
+    odd = make_batch_schedule("step", batch_size=8, growth_factor=1.5, growth_every=1,
+                              multiple_of=4)
     assert [odd.batch_size(s) for s in range(4)] == [8, 12, 20, 28]  # ceil to multiples of 4
     sizes = [odd.batch_size(s) for s in range(40)]
-    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(sizes))
 
 
 def test_estimator_exact_on_symmetric_pair():
@@ -136,7 +145,7 @@ def test_estimator_is_unbiased_for_per_example_variance():
 
 
 def norm_sched(**overrides):
-    base = dict(batch_size=32, max_batch_size=1024, theta=0.5, check_every=5)
+    base = {"batch_size": 32, "max_batch_size": 1024, "theta": 0.5, "check_every": 5}
     return make_batch_schedule("norm_test", **{**base, **overrides})
 
 
@@ -198,25 +207,24 @@ def test_batch_schedule_state_dict_round_trip():
 
 
 def test_norm_test_needs_two_micro_grads():
-    with pytest.raises(ValueError, match=r"k >= 2 flattened micro-batch gradients, got shape \(1, 3\)"):
+    match = r"k >= 2 flattened micro-batch gradients, got shape \(1, 3\)"
+    with pytest.raises(ValueError, match=match):
         norm_sched().observe(0, micro_grads=[torch.ones(3)])
 
 
 @pytest.mark.parametrize("kind, overrides, match", [
     ("adaptive", {}, "unknown batch schedule 'adaptive'; choose one of: constant, step, norm_test"),
-    ("step", dict(batch_size=0), "batch_size must be > 0, got 0"),
-    ("step", dict(max_batch_size=16), "max_batch_size=16 must be >= batch_size=32"),
-    ("step", dict(max_batch_size=0), "max_batch_size must be > 0, got 0"),
-    ("norm_test", dict(theta=0.0), "theta must be > 0, got 0.0"),
-    ("norm_test", dict(theta=-1.0), "theta must be > 0, got -1.0"),
-    ("step", dict(growth_factor=0.5), "growth_factor must be >= 1, got 0.5"),
-    ("step", dict(growth_every=0), "growth_every must be > 0, got 0"),
-    ("norm_test", dict(check_every=0), "check_every must be > 0, got 0"),
-    ("norm_test", dict(multiple_of=0), "multiple_of must be > 0, got 0"),
-    ("norm_test", dict(multiple_of=5), "multiple_of=5 does not divide batch_size=32; valid values: "
-                                       "1, 2, 4, 8, 16, 32"),
-    ("norm_test", dict(multiple_of=8, max_batch_size=100), "multiple_of=8 does not divide "
-                                                          "max_batch_size=100"),
+    ("step", {"batch_size": 0}, "batch_size must be > 0, got 0"),
+    ("step", {"max_batch_size": 16}, "max_batch_size=16 must be >= batch_size=32"),
+    ("step", {"max_batch_size": 0}, "max_batch_size must be > 0, got 0"),
+    ("norm_test", {"theta": 0.0}, "theta must be > 0, got 0.0"),
+    ("norm_test", {"theta": -1.0}, "theta must be > 0, got -1.0"),
+    ("step", {"growth_factor": 0.5}, "growth_factor must be >= 1, got 0.5"),
+    ("step", {"growth_every": 0}, "growth_every must be > 0, got 0"),
+    ("norm_test", {"check_every": 0}, "check_every must be > 0, got 0"),
+    ("norm_test", {"multiple_of": 0}, "multiple_of must be > 0, got 0"),
+    ("norm_test", {"multiple_of": 5}, ("multiple_of=5 does not divide batch_size=32; valid values: "
+                                       "1, 2, 4, 8, 16, 32")),
 ])
 def test_batch_schedule_bad_inputs(kind, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--placement", help="transformer LN placement: pre, post, mix, ln_scaling")
     t.add_argument("--dataset", default=None,
                    help="gaussian_mixture, teacher, shapes, digits, markov (default fits the model)")
-    t.add_argument("--n-train", type=int, default=2048)
+    t.add_argument("--n-train", type=int, default=None,
+                   help="training examples (default 2048; digits: 1400 of its 1797)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--micro-batch", type=int, default=None)
     t.add_argument("--steps", type=int, default=200)
@@ -102,8 +103,12 @@ def config_from_args(a) -> "TrainConfig":  # noqa: F821
         if a.model != "transformer":
             raise ValueError(f"--placement applies to the transformer, not {a.model!r}")
         fields["placement"] = a.placement
-    data = DataConfig(name=a.dataset or _DEFAULT_DATA[a.model], n_train=a.n_train,
-                      n_test=min(512, max(1, a.n_train // 4)), seed=0)
+    name = a.dataset or _DEFAULT_DATA[a.model]
+    n_train = a.n_train if a.n_train is not None else (1400 if name == "digits" else 2048)
+    n_test = min(512, max(1, n_train // 4))
+    if name == "digits":  # it ships 1797 examples: test on what training leaves
+        n_test = max(1, min(n_test, 1797 - n_train))
+    data = DataConfig(name=name, n_train=n_train, n_test=n_test, seed=0)
     return TrainConfig(model=model_config(a.model, **fields), data=data, steps=a.steps,
                        batch_size=a.batch_size, micro_batch=a.micro_batch, optimizer=a.optimizer,
                        lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,

@@ -1,8 +1,8 @@
 """Shared pieces of the data sets: seeded generators and the per-data-set spec."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

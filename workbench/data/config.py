@@ -41,7 +41,8 @@ class DataConfig:
         check_positive("n_test", self.n_test, integer=True)
         check_positive("seed", self.seed, allow_zero=True, integer=True)
         if not isinstance(self.options, dict):
-            raise ValueError(f"options must be a dict, got {self.options!r}")
+            # ValueError, not TypeError: every bad config value raises ValueError (house rule)
+            raise ValueError(f"options must be a dict, got {self.options!r}")  # noqa: TRY004
         object.__setattr__(self, "options", dict(self.options))  # a private copy
         spec = DATASETS[self.name]
         for key in self.options:
@@ -89,5 +90,5 @@ def make_dataset(cfg: DataConfig) -> Dataset:
         Cost: well under a second at the default sizes; nothing is downloaded or written.
     """
     if not isinstance(cfg, DataConfig):
-        raise ValueError(f"make_dataset takes a DataConfig, got {type(cfg).__name__}")
+        raise ValueError(f"make_dataset takes a DataConfig, got {type(cfg).__name__}")  # noqa: TRY004
     return DATASETS[cfg.name].build(cfg.n_train, cfg.n_test, cfg.seed, **cfg.resolved_options())

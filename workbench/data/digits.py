@@ -33,7 +33,8 @@ def _bundled_csv() -> Path | None:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / "datasets" / "data" / "digits.csv.gz"
     return path if path.is_file() else None
 
 

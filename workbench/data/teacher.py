@@ -1,8 +1,9 @@
 """Teacher-student regression: targets from a fixed random two-layer tanh network plus noise.
 
 ``x ~ N(0, I_dim)``, ``y = W2 tanh(W1 x + b1) + noise * eps`` with ``W1 ~ N(0, 1/dim)``,
-``b1 ~ N(0, 0.1^2)``, ``W2 ~ N(0, 1/width)``, so hidden pre-activations and targets are O(1).
-The best achievable test MSE is ``noise**2`` (``extra["noise_floor"]``).
+``b1 ~ N(0, 0.1^2)``, ``W2 ~ N(0, 1/width)``, so hidden pre-activations are O(1) (the clean
+targets have variance about 0.45 with the defaults). The best achievable test MSE is
+``noise**2`` (``extra["noise_floor"]``).
 """
 from __future__ import annotations
 

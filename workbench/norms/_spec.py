@@ -1,8 +1,8 @@
 """The spec object behind each entry of ``NORMS``: layouts, options with defaults, validation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -22,7 +22,8 @@ def _check_fraction(what: str, value, *, allow_zero: bool = False, allow_none: b
 
 def _check_bool(what: str, value) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{what} must be True or False, got {value!r}")
+        # ValueError, not TypeError: every bad option is a ValueError for the caller (house rule)
+        raise ValueError(f"{what} must be True or False, got {value!r}")  # noqa: TRY004
 
 
 def check_option(norm: str, key: str, value, num_channels: int) -> None:

@@ -1,6 +1,7 @@
 """PowerNorm (Shen, Yao, Gholami, Mahoney & Keutzer, "PowerNorm: Rethinking Batch Normalization
-in Transformers", ICML 2020, Algorithm 1; official code github.com/sIncerass/powernorm,
-``fairseq/modules/norms/mask_powernorm.py``, followed line by line).
+in Transformers", ICML 2020, Algorithm 1). Follows the official code line by line
+(github.com/sIncerass/powernorm, ``fairseq/modules/norms/mask_powernorm.py``, ``PowerFunction``);
+its running gradient statistic ``ema_gz`` is the paper's nu up to the factor (1 - alpha_b).
 
 Per channel, with statistics over N and positions (tokens: N and T) and t the training step
 (``num_batches_tracked``, counted from 1), alpha = 1 - momentum, alpha_b = 1 - backward_momentum:
@@ -53,7 +54,7 @@ class _PowerFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, inv_fwd, inv_bwd, ema_gz, backward_momentum = inputs
+        x, weight, _bias, inv_fwd, inv_bwd, ema_gz, backward_momentum = inputs
         ctx.save_for_backward(x, weight, inv_fwd, inv_bwd)
         ctx.ema_gz, ctx.backward_momentum = ema_gz, backward_momentum
 

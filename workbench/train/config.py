@@ -87,6 +87,8 @@ class TrainConfig:
         check_choice("shuffle", self.shuffle, SHUFFLES)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.nesterov and self.optimizer not in ("sgd", "lars"):
+            raise ValueError(f"nesterov=True applies to optimizers sgd, lars; got {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if not isinstance(self.growth_factor, int) or self.growth_factor < 2:

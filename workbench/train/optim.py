@@ -5,7 +5,7 @@ shifts) are never weight-decayed and never get a trust ratio, whichever optimize
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, a: torch.Tensor, b: torch.Tenso
 
 
 def _with_grads(group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The group's parameters that have a gradient, and those gradients (``grad is None`` skipped)."""
+    """The group's parameters with a gradient, and those gradients (``grad is None``: skipped)."""
     params = [p for p in group["params"] if p.grad is not None]
     for p in params:
         if p.grad.is_sparse:
@@ -41,10 +41,11 @@ class LARS(torch.optim.Optimizer):
 
     Per parameter tensor ``w`` with gradient ``g``, in a group with ``adapt=True``::
 
-        local_lr = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w||)   (1 if ||w|| or ||g|| is 0)
+        local_lr = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w||)
+                                                              (1 if ||w|| or ||g|| is 0)
         d        = g + weight_decay * w
         v        = momentum * v + lr * local_lr * d                           (v starts at 0)
-        w        = w - v                                   (nesterov: w - (momentum * v + lr * local_lr * d))
+        w        = w - v              (nesterov: w = w - (momentum * v + lr * local_lr * d))
 
     In a group with ``adapt=False`` (biases, norm parameters) ``local_lr = 1`` and weight decay
     is ignored, i.e. plain momentum SGD (the same as ``torch.optim.SGD`` with zero dampening
@@ -71,8 +72,9 @@ class LARS(torch.optim.Optimizer):
         check_positive("trust_coefficient", trust_coefficient)
         if nesterov and momentum == 0:
             raise ValueError(f"nesterov=True needs momentum > 0, got momentum={momentum!r}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, adapt=True)
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
+                    "weight_decay": weight_decay, "trust_coefficient": trust_coefficient,
+                    "adapt": True}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -148,7 +150,8 @@ class LAMB(torch.optim.Optimizer):
         _check_fraction("betas[1]", betas[1])
         check_positive("eps", eps)
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adapt=True)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "adapt": True}
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ exceeds ``theta**2`` times the squared norm of the mean gradient.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ def _check_int(what: str, value, *, allow_zero: bool = False) -> None:
 
 
 def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
-    """``base_lr * (batch_size / base_batch_size) ** p`` with ``p`` = 0 (none), 1 (linear), 0.5 (sqrt).
+    """``base_lr * (batch_size / base_batch_size) ** p``, ``p`` = 0 (none), 1 (linear), 0.5 (sqrt).
 
     ``base_lr`` is the learning rate tuned at ``base_batch_size``; linear scaling is the SGD
     rule of Goyal et al., square-root scaling the Adam rule (and Hoffer et al.'s).
@@ -129,9 +129,11 @@ class BatchSizeSchedule:
         self.last_test: dict | None = None
 
     def _fit(self, size: float) -> int:
-        """Round up to a multiple of ``multiple_of``, then cap at ``max_batch_size``."""
-        size = math.ceil(size / self.multiple_of) * self.multiple_of
-        return size if self.max_batch_size is None else min(size, self.max_batch_size)
+        """Round up to a multiple of ``multiple_of``, then cap at the largest multiple that is
+        ``<= max_batch_size`` (so every size stays a multiple; ``batch_size`` is one)."""
+        q = self.multiple_of
+        size = math.ceil(size / q) * q
+        return size if self.max_batch_size is None else min(size, self.max_batch_size // q * q)
 
     def batch_size(self, step: int) -> int:
         """Batch size to use at 0-based ``step``."""
@@ -148,7 +150,8 @@ class BatchSizeSchedule:
         """Whether :meth:`observe` wants micro-batch gradients at ``step`` (norm_test only)."""
         return self.kind == "norm_test" and step % self.check_every == 0
 
-    def observe(self, step: int, *, micro_grads: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    def observe(self, step: int, *,
+                micro_grads: Sequence[torch.Tensor] | torch.Tensor | None = None,
                 micro_batch: int | None = None) -> None:
         """Run the norm test on ``micro_grads`` (no-op for constant/step or when ``None``).
 
@@ -175,9 +178,9 @@ class BatchSizeSchedule:
             self.current = max(before, self._fit(requested))
         else:
             requested = before
-        self.last_test = dict(step=step, batch_size=before, per_example_grad_variance=sigma2,
-                              mean_grad_sq_norm=mean_sq, requested_batch_size=requested,
-                              grew=self.current > before)
+        self.last_test = {"step": step, "batch_size": before, "per_example_grad_variance": sigma2,
+                          "mean_grad_sq_norm": mean_sq, "requested_batch_size": requested,
+                          "grew": self.current > before}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "current": self.current, "last_test": self.last_test}
@@ -201,7 +204,8 @@ def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | Non
     Args:
         kind: one of :data:`BATCH_SCHEDULES`.
         batch_size: initial batch size (a multiple of ``multiple_of``).
-        max_batch_size: cap (>= batch_size, a multiple of ``multiple_of``); ``None`` = no cap.
+        max_batch_size: cap (>= batch_size); ``None`` = no cap. When it is not a multiple of
+            ``multiple_of``, the largest multiple below it is the effective cap.
         growth_factor: ``step``: multiply the batch by this every ``growth_every`` steps (>= 1).
         growth_every: ``step``: steps between growths.
         theta: ``norm_test``: tolerance; smaller theta -> bigger batches.
@@ -217,7 +221,6 @@ def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | Non
         _check_int("max_batch_size", max_batch_size)
         if max_batch_size < batch_size:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= batch_size={batch_size}")
-        check_divides("multiple_of", multiple_of, "max_batch_size", max_batch_size)
     check_positive("growth_factor", growth_factor)
     if growth_factor < 1:
         raise ValueError(f"growth_factor must be >= 1, got {growth_factor!r}")

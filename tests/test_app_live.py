@@ -1,0 +1,129 @@
+"""The live training app without a browser: its state object, then the served page over HTTP."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pn = pytest.importorskip("panel")
+requests = pytest.importorskip("requests")
+
+from workbench.dashboard.live import (
+    MAX_STEPS,
+    LiveTraining,
+    datasets_for,
+    live_app,
+    norms_for,
+    wait_for,
+)
+from workbench.norms import norm_layouts
+from workbench.store import RunStore
+
+
+@pytest.fixture
+def live(tmp_path):
+    app = LiveTraining(store_root=tmp_path / "runs")
+    yield app
+    app.stop()  # never leave a worker behind: the server trains one run at a time
+    app.join(10)
+
+
+def _wait_until(predicate, timeout: float = 20.0, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(poll)
+
+
+def test_full_run_fills_plot_progress_and_status(live, tmp_path):
+    live.steps = 60
+    assert live.start()
+    assert live.running and live.train_button.disabled and not live.stop_button.disabled
+    wait_for(live)
+    assert not live.running and not live.train_button.disabled and live.stop_button.disabled
+    assert live.progress.value == live.progress.max == 60
+    assert list(live.figure.data[0].x) == list(range(60))
+    assert live.plot.object is live.figure
+    assert live.status.object.startswith("finished: final loss")
+    assert not live.alert.visible
+    assert RunStore(tmp_path / "runs").has(live._config.run_id)
+
+
+def test_stop_cancels_within_a_second(live, tmp_path):
+    live.steps = MAX_STEPS
+    assert live.start()
+    _wait_until(lambda: live.refresh() or live.progress.value >= 5)
+    live.stop()
+    t0 = time.monotonic()
+    live.join(5)
+    assert time.monotonic() - t0 < 1.0
+    live.refresh()
+    assert live.status.object.startswith("cancelled at step")
+    assert 5 <= len(live.figure.data[0].x) < MAX_STEPS
+    assert not RunStore(tmp_path / "runs").has(live._config.run_id)  # only complete runs are kept
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("batch_size", 100_000, "larger than the training set"),
+    ("lr", 0.0, "lr must be > 0"),
+    ("steps", MAX_STEPS + 1, f"at most {MAX_STEPS}"),
+    ("seed", -1, "seed must be a non-negative integer"),
+])
+def test_bad_input_shows_a_message_not_a_traceback(live, field, value, message):
+    setattr(live, field, value)
+    assert live.start() is False
+    assert not live.running
+    assert live.alert.visible and message in live.alert.object
+    assert "Traceback" not in live.alert.object
+    assert live.status.object.startswith("not started")
+    setattr(live, field, LiveTraining.param[field].default)  # fixed: the alert goes away
+    live.steps = 5
+    assert live.start()
+    assert not live.alert.visible
+    wait_for(live)
+
+
+def test_huge_lr_is_shown_as_diverged(live, tmp_path):
+    live.norm, live.lr, live.steps = "none", 1e6, 100
+    assert live.start()
+    wait_for(live)
+    assert live.status.object.startswith("diverged at step")
+    marker = live.figure.data[-1]
+    assert len(live.figure.data) == 2 and marker.marker.symbol == "x"
+    assert RunStore(tmp_path / "runs").get(live._config.run_id).status == "diverged"
+
+
+def test_norm_and_dataset_choices_follow_the_model(live):
+    layouts = {"mlp": "features", "convnet": "conv", "transformer": "tokens"}
+    for kind in ("convnet", "transformer", "mlp"):
+        live.model = kind
+        norms = live.param.norm.objects
+        assert norms == norms_for(kind) and live.norm in norms
+        assert all(layouts[kind] in norm_layouts(n) for n in norms)
+        assert live.param.dataset.objects == datasets_for(kind) and live.dataset in datasets_for(kind)
+        assert list(live.controls._widgets["norm"].options) == norms  # the widget follows too
+    live.model = "transformer"
+    assert "none" not in live.param.norm.objects and live.dataset == "markov"
+    live.model = "convnet"
+    assert "instance" in live.param.norm.objects and live.dataset in ("shapes", "digits")
+
+
+def test_each_model_trains_a_few_steps(live):
+    for kind in ("convnet", "transformer"):
+        live.model, live.steps = kind, 5
+        assert live.start(), live.alert.object
+        wait_for(live)
+        assert live.status.object.startswith("finished"), live.status.object
+
+
+def test_layout_has_controls_buttons_and_plot():
+    page = live_app(store_root=None, autostart=False, template=False)
+    names = {type(obj).__name__ for obj in page.select()}
+    assert {"Button", "Progress", "Plotly", "Alert", "Select", "IntInput", "FloatInput"} <= names
+
+
+def test_served_page_answers_200(live_server):
+    r = requests.get(f"{live_server}/train_app", timeout=20)
+    assert r.status_code == 200
+    assert "bokeh" in r.text.lower() and "Normlab" in r.text

@@ -1,0 +1,321 @@
+"""Live training: pick a model, norm, data set and batch size, train it, watch the loss stream in.
+
+State lives in :class:`LiveTraining` and is testable without a browser: ``start()`` builds a
+``TrainConfig`` (its ValueError becomes a message on the page) and trains in a worker thread;
+the trainer's per-step callback only appends to a locked buffer; ``refresh()``, run every
+200 ms on the session's event loop, moves buffered points into the plot, progress bar and status.
+The event loop never trains, and the worker never touches a widget.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import panel as pn
+import param
+
+from ..data import DATASETS, DataConfig
+from ..models import MODELS
+from ..norms import NORMS, norm_layouts
+from ..store import Run, RunStore
+from ..train import OPTIMIZERS, CancelToken, TrainConfig, train
+from ..train.config import DATASET_INPUTS, MODEL_INPUTS
+from ..viz.curves import diverged_marker, live_loss_figure
+
+MAX_STEPS = 2000  # per run: keeps one session from holding the machine for long
+REFRESH_MS = 200
+DEFAULT_NORM = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}
+DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
+SAVED_STATUSES = ("finished", "diverged")  # complete results; cancelled/failed runs are not kept
+
+# One run at a time per server process: the trainer seeds the global RNGs, so two concurrent
+# runs would change each other's initialisation (and a run id promises a reproducible run);
+# the machine has few cores anyway.
+_TRAINING = threading.Lock()
+
+
+def norms_for(kind: str) -> list[str]:
+    """The norms a model kind can use: those with its layout that its config accepts."""
+    config_cls = MODELS[kind][0]
+    out = []
+    for name in NORMS:
+        if config_cls.layout not in norm_layouts(name):
+            continue
+        try:
+            config_cls(norm=name)
+        except ValueError:  # e.g. a transformer takes only some token norms
+            continue
+        out.append(name)
+    return out
+
+
+def datasets_for(kind: str) -> list[str]:
+    """The data sets whose inputs (features, images, tokens) a model kind can take."""
+    return [d for d in DATASETS if DATASET_INPUTS[d] in MODEL_INPUTS[kind]]
+
+
+class LiveTraining(pn.viewable.Viewer):
+    """Train one model live and plot its loss; one instance per browser session."""
+
+    model = param.Selector(objects=list(MODELS), default="mlp", doc="model family")
+    norm = param.Selector(objects=norms_for("mlp"), default="batch",
+                          doc="normalization layer (only those valid for the model)")
+    dataset = param.Selector(objects=datasets_for("mlp"), default="gaussian_mixture",
+                             doc="data set (only those the model can take)")
+    batch_size = param.Integer(default=32, doc="examples per step")
+    steps = param.Integer(default=200, doc=f"optimizer steps (at most {MAX_STEPS})")
+    optimizer = param.Selector(objects=list(OPTIMIZERS), default="sgd")
+    lr = param.Number(default=0.05, label="Learning rate", doc="learning rate")
+    seed = param.Integer(default=0)
+    log_y = param.Boolean(default=True, label="Log-scale loss axis")
+
+    def __init__(self, store_root: str | Path | None = "data/runs", **params):
+        super().__init__(**params)
+        self.store = RunStore(store_root) if store_root is not None else None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, float]] = []  # (step, loss) from the worker
+        self._result = None  # the Run, set by the worker when train() returns
+        self._saved: str | None = None
+        self._thread: threading.Thread | None = None
+        self._cancel: CancelToken | None = None
+        self._periodic = None
+        self._bound_session = False
+        self._xs: list[int] = []
+        self._ys: list[float] = []
+        self._config: TrainConfig | None = None
+
+        self.figure = live_loss_figure(log_y=self.log_y)
+        self.plot = pn.pane.Plotly(self.figure, height=380, sizing_mode="stretch_width",
+                                   config={"displaylogo": False})
+        self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
+                                               sizing_mode="stretch_width")
+        self.status = pn.pane.Markdown("idle: choose a model and press **Train**",
+                                       sizing_mode="stretch_width")
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False,
+                                   sizing_mode="stretch_width")
+        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
+                                             disabled=True)
+        self.train_button.on_click(lambda event: self.start())
+        self.stop_button.on_click(lambda event: self.stop())
+        self.controls = pn.Param(
+            self, parameters=["model", "norm", "dataset", "batch_size", "steps", "optimizer", "lr",
+                              "seed", "log_y"],
+            widgets={"batch_size": pn.widgets.IntInput, "steps": pn.widgets.IntInput,
+                     "lr": pn.widgets.FloatInput, "seed": pn.widgets.IntInput},
+            show_name=False, width=300)
+
+    # -- choices follow the model --------------------------------------------------------------
+    @param.depends("model", watch=True)
+    def _update_choices(self):
+        norms, data = norms_for(self.model), datasets_for(self.model)
+        self.param.norm.objects = norms
+        self.param.dataset.objects = data
+        with param.parameterized.batch_call_watchers(self):
+            if self.norm not in norms:
+                self.norm = DEFAULT_NORM[self.model] if DEFAULT_NORM[self.model] in norms else norms[0]
+            if self.dataset not in data:
+                self.dataset = DEFAULT_DATA[self.model]
+
+    @param.depends("log_y", watch=True)
+    def _update_axis(self):
+        self.figure.update_yaxes(type="log" if self.log_y else "linear")
+        self.plot.param.trigger("object")
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A run was started and ``refresh()`` has not yet seen it end."""
+        return self._thread is not None
+
+    def build_config(self) -> TrainConfig:
+        """The run the controls describe; raises ValueError with a readable message."""
+        if not isinstance(self.steps, int) or self.steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS} in the live app, got {self.steps!r}")
+        model_cfg = MODELS[self.model][0](norm=self.norm)
+        return TrainConfig(model=model_cfg, data=DataConfig(name=self.dataset),
+                           steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
+                           lr=self.lr, seed=self.seed)
+
+    def start(self) -> bool:
+        """Validate the controls and start training in a worker thread; False if it did not start."""
+        if self.running:
+            return False
+        try:
+            cfg = self.build_config()
+        except (ValueError, TypeError) as exc:
+            self._show_error(str(exc))
+            self.status.object = "not started: fix the value above"
+            return False
+        if not _TRAINING.acquire(blocking=False):
+            self._show_error("another run is training on this server (one at a time); "
+                             "press Train again when it has finished")
+            return False
+        self.alert.visible = False
+        self._config = cfg
+        self._cancel = CancelToken()
+        with self._lock:
+            self._pending, self._result, self._saved = [], None, None
+        self._xs, self._ys = [], []
+        self.figure = live_loss_figure(log_y=self.log_y,
+                                       title=f"loss: {self.model}/{self.norm}, {self.dataset}, "
+                                             f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}")
+        self.plot.object = self.figure
+        self.progress.max, self.progress.value = cfg.steps, 0
+        self.status.object = f"training… run `{cfg.run_id}`"
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self._thread = threading.Thread(target=self._work, args=(cfg, self._cancel),
+                                        name=f"train-{cfg.run_id}", daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            _TRAINING.release()
+            raise
+        self._start_periodic()
+        return True
+
+    def stop(self) -> None:
+        """Ask the worker to stop; it ends before its next step (well within a second)."""
+        if self._cancel is not None and self._thread is not None:
+            self._cancel.cancel()
+            self.status.object = "stopping…"
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker (tests and scripts; never call this on the event loop)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- worker thread: no widgets here --------------------------------------------------------
+    def _on_step(self, step: int, metrics: dict) -> None:
+        with self._lock:
+            self._pending.append((step, metrics["loss"]))
+
+    def _work(self, cfg: TrainConfig, cancel: CancelToken) -> None:
+        run, saved = None, None
+        try:
+            run = train(cfg, cancel=cancel, callback=self._on_step)
+            if self.store is not None and run.status in SAVED_STATUSES:
+                try:
+                    self.store.save(run)
+                    saved = f"saved as `{run.run_id}`"
+                except OSError as exc:
+                    saved = f"not saved: {exc}"
+        except Exception as exc:  # noqa: BLE001  (a worker must always report back)
+            run = Run(run_id=cfg.run_id, config=cfg.to_dict(), status="failed",
+                      error=f"{type(exc).__name__}: {exc}")
+        finally:
+            _TRAINING.release()
+            with self._lock:  # last: once the result is visible, the worker is done
+                self._result, self._saved = run, saved
+
+    # -- event loop ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Move buffered points into the plot, progress bar and status (on the session's loop)."""
+        with self._lock:
+            points, self._pending = self._pending, []
+            result, saved = self._result, self._saved
+        if points:
+            for step, loss in points:
+                if math.isfinite(loss):  # NaN/inf are not JSON; divergence gets a marker instead
+                    self._xs.append(step)
+                    self._ys.append(loss)
+            trace = self.figure.data[0]
+            trace.x, trace.y = list(self._xs), list(self._ys)
+            self.progress.value = min(points[-1][0] + 1, self.progress.max)
+            if result is None and not (self._cancel and self._cancel.cancelled):
+                self.status.object = (f"training… step {points[-1][0] + 1}/{self.progress.max}, "
+                                      f"loss {points[-1][1]:.4g}")
+        if result is not None and self._thread is not None:
+            self._finish(result, saved)
+        self.plot.param.trigger("object")
+
+    def _finish(self, run, saved: str | None) -> None:
+        self._thread = None
+        self._stop_periodic()
+        self.train_button.disabled, self.stop_button.disabled = False, True
+        note = f" ({saved})" if saved else ""
+        if run.status == "finished":
+            self.progress.value = self.progress.max
+            self.status.object = (f"finished: final loss {run.final('loss'):.4g} after "
+                                  f"{run.steps_done} steps in {run.wall_time:.1f} s{note}")
+        elif run.status == "diverged":
+            step = run.diverged_step if run.diverged_step is not None else run.steps_done
+            y = self._ys[-1] if self._ys else 1.0
+            self.figure.add_trace(diverged_marker(step, y, name=f"diverged at step {step}"))
+            self.status.object = f"diverged at step {step}: the loss became NaN/inf{note}"
+        elif run.status == "cancelled":
+            self.status.object = f"cancelled at step {run.steps_done}"
+        else:
+            self._show_error(f"training failed: {run.error}")
+            self.status.object = f"failed at step {run.steps_done}"
+
+    def _show_error(self, message: str) -> None:
+        self.alert.object = message
+        self.alert.visible = True
+
+    def _start_periodic(self) -> None:
+        # Only inside a served session: without a document there is no loop to run on (tests
+        # call refresh() themselves).
+        if self._periodic is None and pn.state.curdoc is not None and pn.state.curdoc.session_context:
+            self._periodic = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+
+    def _stop_periodic(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+
+    def _on_session_destroyed(self, session_context) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+        self._stop_periodic()
+
+    # -- layout --------------------------------------------------------------------------------
+    def view(self) -> pn.viewable.Viewable:
+        if not self._bound_session and pn.state.curdoc is not None and pn.state.curdoc.session_context:
+            pn.state.on_session_destroyed(self._on_session_destroyed)
+            self._bound_session = True
+        return pn.Row(
+            pn.Column(self.controls, pn.Row(self.train_button, self.stop_button)),
+            pn.Column(self.alert, self.status, self.progress, self.plot,
+                      sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.view()
+
+
+def live_app(store_root: str | Path | None = "data/runs", autostart: bool | None = None,
+             template: bool = True):
+    """The served page: a LiveTraining in a template; ``?autostart=1`` starts a run on load."""
+    pn.extension("plotly")
+    live = LiveTraining(store_root=store_root)
+    if autostart is None:
+        autostart = pn.state.session_args.get("autostart", [b""])[0] in (b"1", b"true", b"yes")
+    if autostart:
+        pn.state.onload(live.start)
+    if not template:
+        return live.view()
+    page = pn.template.FastListTemplate(
+        title="Normlab: live training", main=[live.view()],
+        main_max_width="1400px", theme_toggle=False)
+    page.live = live  # handle for tests and scripts
+    return page
+
+
+def wait_for(live: LiveTraining, timeout: float = 60.0) -> None:
+    """Join the worker, then ``refresh()``: the synchronous path for tests and notebooks."""
+    live.join(timeout)
+    if live._thread is not None and live._thread.is_alive():
+        raise TimeoutError(f"training still running after {timeout} s")
+    live.refresh()
+
+
+def serve_live(port: int, *, store_root: str | Path | None = None, address: str = "127.0.0.1"):
+    """Serve the live app at ``http://address:port/train_app`` from a background thread.
+
+    Returns Panel's server thread; call ``.stop()`` on it. ``/liveness`` answers once it is up.
+    """
+    return pn.serve({"train_app": lambda: live_app(store_root=store_root)}, port=port,
+                    address=address, threaded=True, show=False, liveness=True,
+                    websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
