@@ -127,3 +127,33 @@ def test_served_page_answers_200(live_server):
     r = requests.get(f"{live_server}/train_app", timeout=20)
     assert r.status_code == 200
     assert "bokeh" in r.text.lower() and "Normlab" in r.text
+
+
+def test_closing_the_session_cancels_the_run(live):
+    live.steps = MAX_STEPS
+    assert live.start()
+    _wait_until(lambda: live.refresh() or live.progress.value >= 1)
+    live._on_session_destroyed(session_context=None)
+    live.join(2)
+    live.refresh()
+    assert live.status.object.startswith("cancelled at step")
+
+
+def test_metric_curves_draws_one_line_per_run_and_marks_divergence():
+    import pandas as pd
+
+    from workbench.viz import metric_curves
+
+    rows = [("a", s, "train", "loss", "", 1.0 / (s + 1)) for s in range(5)]
+    rows += [("b", s, "train", "loss", "", v) for s, v in enumerate([1.0, 10.0, 1e3, float("nan")])]
+    rows += [("a", 4, "eval", "loss", "", 0.3)]
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "probe", "metric", "layer", "value"])
+    fig = metric_curves(frame, status={"a": "finished", "b": "diverged"}, log_y=True)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert [t.name for t in lines] == ["a", "b"]
+    assert list(lines[1].y) == [1.0, 10.0, 1e3, None]  # NaN is a gap, not invalid JSON
+    (marker,) = [t for t in fig.data if t.mode == "markers"]
+    assert (marker.x[0], marker.y[0], marker.marker.symbol) == (3, 1e3, "x")
+    assert fig.layout.yaxis.type == "log"
+    with pytest.raises(ValueError, match="no column 'norm'"):
+        metric_curves(frame, color="norm")

@@ -24,6 +24,10 @@ def browser_required() -> bool:
 
 
 def chromium_path() -> str | None:
+    """$NORMLAB_CHROMIUM if set, else Debian's /usr/bin/chromium, else `chromium` on PATH."""
+    wanted = os.environ.get("NORMLAB_CHROMIUM")
+    if wanted:
+        return wanted if os.access(wanted, os.X_OK) else None
     return CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
 
 

@@ -10,6 +10,7 @@ error message. Nothing recorded is lost in any of these cases.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 import traceback
 import warnings
@@ -129,6 +130,10 @@ def evaluate(model, dataset, *, batch_size: int = 1024) -> dict:
     return out
 
 
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
 def _flat_grad(params) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
 
@@ -237,18 +242,16 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             check_noise = cfg.batch_schedule == "norm_test" and step % cfg.norm_test_every == 0
             micro_grads = [] if check_noise and len(micro) > 1 else None
             opt.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            acc_sum, has_acc = torch.zeros((), device=device), False
-            cumulative = None
+            losses, accs, cumulative = [], [], None
             for xm, ym in micro:
                 m = len(xm)
                 out = model(xm)
                 loss = loss_fn(out, ym)
                 (loss * (m / B) if m != B else loss).backward()
-                loss_sum += loss.detach() * m
+                losses.append(loss.detach() if m == B else loss.detach() * (m / B))
                 acc = dataset.accuracy(out.detach(), ym)
                 if acc is not None:
-                    has_acc, acc_sum = True, acc_sum + acc * m
+                    accs.append(acc if m == B else acc * (m / B))
                 if micro_grads is not None:  # .grad holds the running sum of (m/B) * g_micro
                     now = _flat_grad(params)
                     micro_grads.append((now if cumulative is None else now - cumulative) * (B / m))
@@ -256,19 +259,23 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
                 chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
                 micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
-            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
-                [p.grad for p in params if p.grad is not None])))
-            wn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
-            vals = torch.stack([loss_sum / B, acc_sum / B, gn, wn]).tolist()
+            # one fused norm over grads and weights, one device sync for every metric of the step
+            with torch.no_grad():
+                grads = [p.grad for p in params if p.grad is not None]
+                norms = torch.stack(torch._foreach_norm(grads + params)).square()
+                scalars = [_total(losses), norms[:len(grads)].sum().sqrt(), norms[len(grads):].sum().sqrt()]
+                if accs:
+                    scalars.append(_total(accs))
+                vals = torch.stack(scalars).tolist()
             examples += B
             metrics = {"loss": vals[0]}
-            if has_acc:
-                metrics["accuracy"] = vals[1]
-            metrics.update(lr=lr, batch_size=B, examples=examples, grad_norm=vals[2],
-                           weight_norm=vals[3], wall_time=time.perf_counter() - t0)
+            if accs:
+                metrics["accuracy"] = vals[3]
+            metrics.update(lr=lr, batch_size=B, examples=examples, grad_norm=vals[1],
+                           weight_norm=vals[2], wall_time=time.perf_counter() - t0)
             rows.add(step, "train", metrics)
             run.steps_done = step + 1
-            if not torch.isfinite(torch.tensor(vals[0])):
+            if not math.isfinite(vals[0]):
                 run.status, run.diverged_step = "diverged", step
                 if callback:
                     callback(step, metrics)
