@@ -109,12 +109,14 @@ def test_norm_and_dataset_choices_follow_the_model(live):
     assert "instance" in live.param.norm.objects and live.dataset in ("shapes", "digits")
 
 
-def test_each_model_trains_a_few_steps(live):
-    for kind in ("convnet", "transformer"):
-        live.model, live.steps = kind, 5
+@pytest.mark.parametrize("kind", ["mlp", "convnet", "transformer"])
+def test_every_model_and_data_set_choice_trains(live, kind):
+    live.model, live.steps = kind, 3
+    for name in datasets_for(kind):
+        live.dataset = name
         assert live.start(), live.alert.object
         wait_for(live)
-        assert live.status.object.startswith("finished"), live.status.object
+        assert live.status.object.startswith("finished"), (name, live.status.object)
 
 
 def test_layout_has_controls_buttons_and_plot():

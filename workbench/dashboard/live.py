@@ -55,6 +55,15 @@ def datasets_for(kind: str) -> list[str]:
     return [d for d in DATASETS if DATASET_INPUTS[d] in MODEL_INPUTS[kind]]
 
 
+def data_config(name: str) -> DataConfig:
+    """Default sizes (2048 train, 512 test), or an 80/20 split of a data set that has fewer."""
+    cap, default = DATASETS[name].max_examples, DataConfig()
+    if cap is not None and cap < default.n_train + default.n_test:
+        n_train = round(cap * 0.8)
+        return DataConfig(name=name, n_train=n_train, n_test=cap - n_train)
+    return DataConfig(name=name)
+
+
 class LiveTraining(pn.viewable.Viewer):
     """Train one model live and plot its loss; one instance per browser session."""
 
@@ -134,7 +143,7 @@ class LiveTraining(pn.viewable.Viewer):
         if not isinstance(self.steps, int) or self.steps > MAX_STEPS:
             raise ValueError(f"steps must be at most {MAX_STEPS} in the live app, got {self.steps!r}")
         model_cfg = MODELS[self.model][0](norm=self.norm)
-        return TrainConfig(model=model_cfg, data=DataConfig(name=self.dataset),
+        return TrainConfig(model=model_cfg, data=data_config(self.dataset),
                            steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
                            lr=self.lr, seed=self.seed)
 
@@ -226,9 +235,9 @@ class LiveTraining(pn.viewable.Viewer):
             if result is None and not (self._cancel and self._cancel.cancelled):
                 self.status.object = (f"training… step {points[-1][0] + 1}/{self.progress.max}, "
                                       f"loss {points[-1][1]:.4g}")
+            self.plot.param.trigger("object")  # sends the whole figure: only when it changed
         if result is not None and self._thread is not None:
             self._finish(result, saved)
-        self.plot.param.trigger("object")
 
     def _finish(self, run, saved: str | None) -> None:
         self._thread = None
@@ -243,6 +252,7 @@ class LiveTraining(pn.viewable.Viewer):
             step = run.diverged_step if run.diverged_step is not None else run.steps_done
             y = self._ys[-1] if self._ys else 1.0
             self.figure.add_trace(diverged_marker(step, y, name=f"diverged at step {step}"))
+            self.plot.param.trigger("object")
             self.status.object = f"diverged at step {step}: the loss became NaN/inf{note}"
         elif run.status == "cancelled":
             self.status.object = f"cancelled at step {run.steps_done}"
@@ -296,11 +306,8 @@ def live_app(store_root: str | Path | None = "data/runs", autostart: bool | None
         pn.state.onload(live.start)
     if not template:
         return live.view()
-    page = pn.template.FastListTemplate(
-        title="Normlab: live training", main=[live.view()],
-        main_max_width="1400px", theme_toggle=False)
-    page.live = live  # handle for tests and scripts
-    return page
+    return pn.template.FastListTemplate(title="Normlab: live training", main=[live.view()],
+                                        main_max_width="1400px", theme_toggle=False)
 
 
 def wait_for(live: LiveTraining, timeout: float = 60.0) -> None:

@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     run = Run(run_id=run_id, config=cfg.to_dict(), status="failed",
               started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     bar = None
-    t0 = time.perf_counter()
+    t_start = t0 = time.perf_counter()
     step = 0
     try:
         seed_everything(cfg.seed)
@@ -218,6 +218,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             bar = tqdm(total=cfg.steps, desc=f"{model_cfg.kind}/{model_cfg.norm} B={cfg.batch_size}",
                        leave=True)
         examples = 0
+        run.meta["setup_time"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()  # wall_time counts training steps, not data/model setup
         for step in range(cfg.steps):
             if cancel.cancelled:
                 run.status = "cancelled"
@@ -306,7 +308,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     finally:
         if bar is not None:
             bar.close()
-    run.wall_time = time.perf_counter() - t0
+    run.wall_time = time.perf_counter() - t_start
     run.frame = rows.frame()
     if store is not None:
         store.save(run)
