@@ -1,0 +1,92 @@
+"""Shared plumbing for the probes that move the weights: flat parameter views, directions in
+weight space (filter-normalized as in Li et al. 2018), and buffer snapshots.
+
+Probes that evaluate the loss at many weights call :func:`restore_buffers` before every forward,
+so each point sees the buffers the model had when the probe started (BatchNorm running
+statistics in eval mode, PowerNorm's running quadratic mean in train mode), not the ones left by
+the previous point.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MODES = ("train", "eval")
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``[(name, parameter), ...]`` of every parameter that requires a gradient, in order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def flatten(tensors) -> torch.Tensor:
+    """A list of tensors -> one flat (P,) tensor (detached)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
+    """(P,) -> tensors shaped like ``like``; a leading batch dim (K, P) is kept: (K, *shape)."""
+    out, i = [], 0
+    lead = flat.shape[:-1]
+    for t in like:
+        out.append(flat[..., i:i + t.numel()].reshape(*lead, *t.shape))
+        i += t.numel()
+    return out
+
+
+@torch.no_grad()
+def assign(params, flat: torch.Tensor) -> None:
+    """Copy the flat vector ``flat`` (P,) into ``params`` in place."""
+    for p, v in zip(params, unflatten(flat, params)):
+        p.copy_(v)
+
+
+def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+@torch.no_grad()
+def restore_buffers(snapshot) -> None:
+    for b, value in snapshot:
+        b.copy_(value)
+
+
+def random_direction(params, generator: torch.Generator) -> list[torch.Tensor]:
+    """Gaussian tensors shaped like ``params``, drawn on the CPU from ``generator`` (so the
+    result does not depend on the device and the global RNG is not touched), then moved."""
+    return [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+
+
+def filter_normalize(direction, params, *, ignore_1d: bool = True) -> list[torch.Tensor]:
+    """Filter normalization (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets").
+
+    Each filter of ``direction`` — a slice along dim 0 of a weight with 2 or more dims: a row of
+    a Linear weight, an output channel of a conv kernel, an embedding row — is rescaled to the norm
+    of the matching filter of the weight: ``d_i <- d_i * ||w_i|| / ||d_i||``. One-dimensional
+    parameters (biases, norm gains and shifts) are set to zero when ``ignore_1d`` (their
+    ``--xignore biasbn``), else rescaled as a whole to the parameter's norm.
+    """
+    out = []
+    for d, p in zip(direction, params):
+        w = p.detach()
+        if w.dim() <= 1:
+            out.append(torch.zeros_like(d) if ignore_1d else
+                       d * (w.norm() / d.norm().clamp_min(1e-12)))
+            continue
+        dn = d.flatten(1).norm(dim=1).clamp_min(1e-12)  # (out,)
+        wn = w.flatten(1).norm(dim=1)
+        out.append(d * (wn / dn).view(-1, *([1] * (d.dim() - 1))))
+    return out
+
+
+def to_flat_vectors(vectors, params) -> list[torch.Tensor]:
+    """Accept (k, P), a list of (P,) tensors, or a list of per-parameter lists -> list of (P,)."""
+    numel = sum(p.numel() for p in params)
+    if isinstance(vectors, torch.Tensor):
+        vectors = list(vectors.reshape(-1, numel)) if vectors.numel() % numel == 0 else [vectors]
+    flat = [v.detach().reshape(-1) if isinstance(v, torch.Tensor) else flatten(v) for v in vectors]
+    for v in flat:
+        if v.numel() != numel:
+            raise ValueError(f"a direction has {v.numel()} entries; the model has {numel} "
+                             "trainable parameters")
+    return [v.to(device=params[0].device, dtype=params[0].dtype) for v in flat]
