@@ -128,7 +128,7 @@ def rerun(norm="batch", lr=0.5):
 
 
 widgets.interact_manual(rerun, norm=[n for n in NORMS if "features" in norm_layouts(n)],
-                        lr=widgets.FloatLogSlider(value=0.5, min=-3, max=0.5));
+                        lr=widgets.FloatLogSlider(value=0.5, min=-3, max=0.5))
 
 # %% [markdown]
 # **Take-away.** One config → one run id → one tidy table; probes add rows to the same table;

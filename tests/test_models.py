@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from workbench.models import (ConvNetConfig, MLPConfig, TransformerConfig, build_model,
-                              config_from_dict, config_to_dict, fit_to_data, model_config)
+from workbench.models import (
+    ConvNetConfig,
+    MLPConfig,
+    TransformerConfig,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    fit_to_data,
+    model_config,
+)
 from workbench.norms import NORMS, norm_layouts
 
 MLP_NORMS = [n for n in NORMS if "features" in norm_layouts(n)]

@@ -9,8 +9,15 @@ import torch
 from workbench.data import DataConfig, make_dataset
 from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig
 from workbench.store import COLUMNS, RunStore
-from workbench.train import (DATASET_INPUTS, TRAIN_METRICS, CancelToken, TrainConfig, every,
-                             log_spaced, train)
+from workbench.train import (
+    DATASET_INPUTS,
+    TRAIN_METRICS,
+    CancelToken,
+    TrainConfig,
+    every,
+    log_spaced,
+    train,
+)
 
 SMALL = DataConfig(name="gaussian_mixture", n_train=512, n_test=256)
 

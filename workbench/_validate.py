@@ -1,7 +1,7 @@
 """Validation helpers: every bad value raises a ValueError that names it and lists the valid ones."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def check_choice(what: str, value, choices: Iterable) -> None:

@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 _DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
 
 
-def config_from_args(a) -> "TrainConfig":  # noqa: F821
+def config_from_args(a) -> TrainConfig:  # noqa: F821
+    from ._validate import check_choice
     from .data import DataConfig
     from .models import model_config
     from .train import TrainConfig
-    from ._validate import check_choice
 
     check_choice("model", a.model, _DEFAULT_DATA)
     fields: dict = {}

@@ -50,7 +50,7 @@ class ConvNetConfig:
         return [self.channels * 2**s for s in range(self.stages)]
 
     @classmethod
-    def smoke(cls) -> "ConvNetConfig":
+    def smoke(cls) -> ConvNetConfig:
         return cls(stages=2, channels=8)
 
 

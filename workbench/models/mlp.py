@@ -46,7 +46,7 @@ class MLPConfig:
         make_norm(self.norm, self.width, self.layout, **self.norm_options)  # validates name/layout/options
 
     @classmethod
-    def smoke(cls) -> "MLPConfig":
+    def smoke(cls) -> MLPConfig:
         return cls(depth=2, width=16)
 
 

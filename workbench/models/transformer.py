@@ -66,7 +66,7 @@ class TransformerConfig:
             self.placement, 0)
 
     @classmethod
-    def smoke(cls) -> "TransformerConfig":
+    def smoke(cls) -> TransformerConfig:
         return cls(depth=2, d_model=16, heads=2)
 
 

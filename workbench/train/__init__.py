@@ -2,8 +2,15 @@
 from .config import DATASET_INPUTS, SHUFFLES, TrainConfig
 from .hooks import CancelToken, every, log_spaced
 from .optim import LAMB, LARS, OPTIMIZERS, build_optimizer, param_groups
-from .schedules import (BATCH_SCHEDULES, LR_DECAY, LR_SCALING, BatchSizeSchedule, lr_at,
-                        make_batch_schedule, scaled_lr)
+from .schedules import (
+                        BATCH_SCHEDULES,
+                        LR_DECAY,
+                        LR_SCALING,
+                        BatchSizeSchedule,
+                        lr_at,
+                        make_batch_schedule,
+                        scaled_lr,
+)
 from .trainer import TRAIN_METRICS, evaluate, resolve_probes, train, train_many
 
 __all__ = ["BATCH_SCHEDULES", "DATASET_INPUTS", "LAMB", "LARS", "LR_DECAY", "LR_SCALING",

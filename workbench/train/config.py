@@ -6,8 +6,15 @@ from dataclasses import dataclass, field
 
 from .._validate import check_choice, check_divides, check_positive
 from ..data import DATASETS, DataConfig
-from ..models import (MODELS, ConvNetConfig, MLPConfig, ModelConfig, TransformerConfig,
-                      config_from_dict, config_to_dict)
+from ..models import (
+    MODELS,
+    ConvNetConfig,
+    MLPConfig,
+    ModelConfig,
+    TransformerConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from ..store.run import config_hash
 from .optim import OPTIMIZERS
 from .schedules import BATCH_SCHEDULES, LR_DECAY, LR_SCALING
@@ -124,7 +131,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -142,11 +149,11 @@ class TrainConfig:
         """Stable hash of the config: the same config always gets the same id."""
         return config_hash(self.to_dict())
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def smoke(cls) -> "TrainConfig":
+    def smoke(cls) -> TrainConfig:
         """A run that takes about a second on a CPU."""
         return cls(model=MLPConfig.smoke(), data=DataConfig(n_train=256, n_test=128), steps=20,
                    batch_size=16)

@@ -101,7 +101,7 @@ class LARS(torch.optim.Optimizer):
                 torch._foreach_sub_(params, scaled)
                 continue
             bufs = []
-            for p, s in zip(params, scaled):
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:  # v0 = 0, so v1 = lr * local_lr * d
                     state["momentum_buffer"] = torch.zeros_like(p)

@@ -14,7 +14,7 @@ import math
 import time
 import traceback
 import warnings
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch

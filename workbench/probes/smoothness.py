@@ -1,0 +1,142 @@
+"""Loss-landscape smoothness along the gradient (Santurkar et al. 2018, "How Does Batch
+Normalization Help Optimization?"; the WS paper's "lower Lipschitz constants" made visible).
+
+At the weights w with gradient g = dL/dw on the batch, for every step size eta of a grid reaching
+beyond the training learning rate, the probe moves to w - eta * g and measures:
+
+- ``loss_variation``: max - min of L over {w} and every w - eta g (the loss's range along -g);
+- ``grad_predictiveness``: max over eta of ||g - dL/dw(w - eta g)||;
+- ``beta_smoothness``: max over eta of ||g - dL/dw(w - eta g)|| / ||eta g||, the effective
+  beta-smoothness (for a quadratic loss with Hessian H it is ||Hg|| / ||g|| for every eta);
+- ``grad_norm``: ||g||, the loss's local Lipschitz constant; ``loss``: L(w).
+
+Per weight layer (``named_layers``): the same three gradient quantities restricted to that
+layer's weight (its gradient change, still divided by the whole step ||eta g||), its
+``weight_norm`` and ``lr_effective = lr / ||w||**2`` — the step a scale-invariant (normalized)
+layer actually takes (van Laarhoven 2017), since the raw Lipschitz numbers of such a layer scale
+with its weight norm.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import pandas as pd
+import torch
+
+from .._validate import check_choice, check_positive
+from ..utils import preserved_state
+from ._directions import MODES, assign, flatten, restore_buffers, snapshot_buffers, trainable
+
+COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged"]
+
+
+def eta_grid(lr: float, etas=None, num_etas: int = 8) -> list[float]:
+    """The step sizes: ``etas`` as given, else ``num_etas`` log-spaced from lr/16 to 2 lr."""
+    if etas is None:
+        check_positive("lr", lr)
+        check_positive("num_etas", num_etas, integer=True)
+        if num_etas == 1:
+            return [float(lr)]
+        lo, hi = math.log(lr / 16), math.log(2 * lr)
+        return [math.exp(lo + (hi - lo) * i / (num_etas - 1)) for i in range(num_etas)]
+    etas = [float(e) for e in etas]
+    if not etas:
+        raise ValueError("etas is empty; give at least one positive step size (e.g. [0.01, 0.1])")
+    for e in etas:
+        if not (e > 0 and math.isfinite(e)):
+            raise ValueError(f"every step size in etas must be a finite number > 0, got {e!r}")
+    return etas
+
+
+def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: int = 8,
+               mode: str = "train", per_eta: bool = False) -> pd.DataFrame:
+    """Loss variation, gradient predictiveness and effective beta-smoothness along -g.
+
+    Args:
+        model: any ``nn.Module``; per-layer rows use ``named_layers()`` when it has one.
+        batch: ``(inputs, targets)``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar mean loss``.
+        lr: the training learning rate (sets the default grid and ``lr_effective``).
+        etas: explicit step sizes (positive); default ``num_etas`` log-spaced in [lr/16, 2 lr].
+        num_etas: grid size when ``etas`` is None.
+        mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics). Buffers are
+            restored before every evaluation, so every point sees the probe's starting buffers.
+        per_eta: also return, per step size, ``loss_at_eta``, ``grad_change_at_eta`` and
+            ``beta_at_eta`` (whole model) with the step size in an extra ``eta`` column.
+
+    Returns:
+        Tidy rows ``probe, metric, layer, value, hvps, iters, converged`` (layer ``""`` for the
+        whole model); ``iters`` counts the gradient evaluations.
+
+    Note:
+        Cost: ``len(etas) + 1`` forward and backward passes; memory: two copies of the
+        parameters and one of the gradient.
+    """
+    check_choice("mode", mode, MODES)
+    etas = eta_grid(lr, etas, num_etas)
+    named = trainable(model)
+    if not named:
+        raise ValueError("smoothness needs a model with trainable parameters")
+    params = [p for _, p in named]
+    index = {id(p): i for i, p in enumerate(params)}
+    layers = [(n, m.weight) for n, m in (model.named_layers() if hasattr(model, "named_layers")
+                                         else model.named_modules())
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in index]
+    x, y = batch
+    with preserved_state(model):
+        model.train(mode == "train")
+        buffers = snapshot_buffers(model)
+
+        def loss_and_grad():
+            restore_buffers(buffers)
+            loss = loss_fn(model(x), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+        w0 = flatten(params)
+        loss0, g0 = loss_and_grad()
+        g0_flat = flatten(g0)
+        g_norm = g0_flat.norm()
+        losses, changes, layer_changes = [loss0], [], []
+        for eta in etas:
+            assign(params, w0 - eta * g0_flat)
+            loss, g = loss_and_grad()
+            losses.append(loss)
+            changes.append((flatten(g) - g0_flat).norm())
+            layer_changes.append(torch.stack([(g[index[id(w)]] - g0[index[id(w)]]).norm()
+                                              for _, w in layers]) if layers else None)
+        steps = torch.tensor(etas, device=g_norm.device, dtype=g_norm.dtype) * g_norm  # ||eta g||
+        losses, changes = torch.stack(losses), torch.stack(changes)
+        beta = changes / steps
+        scalars = [loss0, g_norm, losses.max() - losses.min(), changes.max(), beta.max()]
+        if layers:
+            lc = torch.stack(layer_changes)  # (E, L)
+            scalars += [torch.stack([g0[index[id(w)]].norm() for _, w in layers]),
+                        torch.stack([w.detach().norm() for _, w in layers]),
+                        lc.max(0).values, (lc / steps[:, None]).max(0).values]
+        vals = torch.cat([s.reshape(-1) for s in scalars] + [losses[1:], changes, beta]).tolist()
+    names = ["loss", "grad_norm", "loss_variation", "grad_predictiveness", "beta_smoothness"]
+    rows = [("", m, v) for m, v in zip(names, vals)]
+    k, n_l = len(names), len(layers)
+    for i, (name, _) in enumerate(layers):
+        gn, wn, gp, bs = (vals[k + j * n_l + i] for j in range(4))
+        rows += [(name, "grad_norm", gn), (name, "weight_norm", wn),
+                 (name, "lr_effective", lr / wn**2 if wn > 0 else math.inf),
+                 (name, "grad_predictiveness", gp), (name, "beta_smoothness", bs)]
+    frame = pd.DataFrame(rows, columns=["layer", "metric", "value"])
+    if per_eta:
+        e, tail = len(etas), vals[k + 4 * n_l:]
+        per = [("", metric, tail[j * e + i], eta) for j, metric in
+               enumerate(["loss_at_eta", "grad_change_at_eta", "beta_at_eta"])
+               for i, eta in enumerate(etas)]
+        frame["eta"] = math.nan
+        frame = pd.concat([frame, pd.DataFrame(per, columns=["layer", "metric", "value", "eta"])],
+                          ignore_index=True)
+    frame.insert(0, "probe", "smoothness")
+    frame["hvps"], frame["iters"], frame["converged"] = 0, len(etas) + 1, True
+    return frame[COLUMNS + (["eta"] if per_eta else [])]
+
+
+# The training-time variant: two step sizes (lr and 2 lr), three gradients per call.
+smoothness_small = functools.partial(smoothness, etas=None, num_etas=2)
