@@ -95,6 +95,7 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
             return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
         w0 = flatten(params)
+        w_norms = torch.stack([w.detach().norm() for _, w in layers]) if layers else None
         loss0, g0 = loss_and_grad()
         g0_flat = flatten(g0)
         g_norm = g0_flat.norm()
@@ -113,7 +114,7 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
         if layers:
             lc = torch.stack(layer_changes)  # (E, L)
             scalars += [torch.stack([g0[index[id(w)]].norm() for _, w in layers]),
-                        torch.stack([w.detach().norm() for _, w in layers]),
+                        w_norms,
                         lc.max(0).values, (lc / steps[:, None]).max(0).values]
         vals = torch.cat([s.reshape(-1) for s in scalars] + [losses[1:], changes, beta]).tolist()
     names = ["loss", "grad_norm", "loss_variation", "grad_predictiveness", "beta_smoothness"]
@@ -138,5 +139,5 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
     return frame[COLUMNS + (["eta"] if per_eta else [])]
 
 
-# The training-time variant: two step sizes (lr and 2 lr), three gradients per call.
-smoothness_small = functools.partial(smoothness, etas=None, num_etas=2)
+# The training-time variant: two step sizes (lr/16 and 2 lr), three gradients per call.
+smoothness_small = functools.partial(smoothness, num_etas=2)

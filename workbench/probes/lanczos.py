@@ -1,0 +1,134 @@
+"""Lanczos with full reorthogonalization: extremal eigenpairs and quadrature nodes of a symmetric operator.
+
+Everything here sees the operator only through ``matvec`` (``(P,) -> (P,)``) or ``matmat``
+(``(k, P) -> (k, P)``), so it serves the Hessian, the GGN, a preconditioned Hessian or a dense
+test matrix alike. The Krylov basis stays on the operator's device; only the small tridiagonal
+matrix goes to the host (one sync per step, for the stopping test).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EigResult:
+    """Ritz values (descending for ``top``, ascending for ``bottom``), residual norms, basis data."""
+
+    top: np.ndarray
+    top_residuals: np.ndarray
+    bottom: np.ndarray
+    bottom_residuals: np.ndarray
+    iters: int
+    converged: bool
+    top_vectors: torch.Tensor | None = None     # (k, P)
+    bottom_vectors: torch.Tensor | None = None  # (bottom_k, P)
+
+
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove ``w``'s components along the rows of ``basis``, twice (Kahan's "twice is enough")."""
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def _tridiag(alphas, betas) -> np.ndarray:
+    m = len(alphas)
+    return np.diag(alphas) + np.diag(betas[: m - 1], 1) + np.diag(betas[: m - 1], -1)
+
+
+def lanczos_eigs(matvec, v0: torch.Tensor, *, k: int = 1, bottom_k: int = 0, max_iter: int = 100,
+                 tol: float = 1e-3, return_vectors: bool = False) -> EigResult:
+    """Top-``k`` and bottom-``bottom_k`` eigenpairs by Lanczos with full reorthogonalization.
+
+    Stops when every wanted Ritz pair has residual ``||A y - theta y|| <= tol * max|theta|`` (the
+    residual is ``beta_j |s_j|``, exact with full reorthogonalization), when the Krylov space is
+    invariant, or after ``max_iter`` products (then ``converged=False`` with the best estimates).
+
+    Note:
+        Cost: one ``matvec`` per iteration, plus O(j P) for reorthogonalization; memory
+        ``max_iter x P`` for the basis.
+    """
+    dim = v0.numel()
+    max_iter = min(max_iter, dim)
+    basis = torch.empty(max_iter, dim, dtype=v0.dtype, device=v0.device)
+    q = v0 / torch.linalg.vector_norm(v0)
+    alphas, betas = [], []
+    theta = s = None
+    converged, j = False, 0
+    for j in range(max_iter):
+        basis[j] = q
+        w = matvec(q)
+        a = torch.dot(w, q)
+        w = _orthogonalize(w - a * q, basis[: j + 1])
+        b = torch.linalg.vector_norm(w)
+        alphas.append(float(a))
+        betas.append(float(b))
+        theta, s = np.linalg.eigh(_tridiag(alphas, betas))
+        res = abs(betas[-1] * s[-1, :])
+        scale = max(np.abs(theta).max(), 1e-30)
+        want = np.r_[np.arange(len(theta) - min(k, len(theta)), len(theta)), np.arange(min(bottom_k, len(theta)))]
+        invariant = betas[-1] <= 1e-10 * scale or j + 1 == dim
+        if invariant or (len(theta) >= k + bottom_k and (res[want] <= tol * scale).all()):
+            converged = True
+            break
+        q = w / b
+    m = len(alphas)
+    res = abs(betas[-1] * s[-1, :]) if m < dim else np.zeros(m)
+    top_idx = np.arange(m - 1, max(m - 1 - k, -1), -1)
+    bot_idx = np.arange(min(bottom_k, m))
+    out = EigResult(theta[top_idx], res[top_idx], theta[bot_idx], res[bot_idx], j + 1, converged)
+    if return_vectors:
+        Q = basis[:m]
+        S = torch.as_tensor(s, dtype=v0.dtype, device=v0.device)
+        out.top_vectors = (Q.T @ S[:, top_idx.copy()]).T
+        out.bottom_vectors = (Q.T @ S[:, bot_idx]).T
+    return out
+
+
+def lanczos_quadrature(matmat, v0: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature nodes and weights for ``len(v0)`` independent Lanczos runs, in lockstep.
+
+    Args:
+        matmat: ``(n, P) -> (n, P)`` block product.
+        v0: ``(n, P)`` starting vectors (normalized here).
+        steps: Lanczos steps per run (capped at P).
+
+    Returns:
+        ``nodes`` and ``weights``, each ``(n, m)``: the Ritz values of each run and the squared
+        first components of their eigenvectors (each run's weights sum to 1), so that
+        ``v^T f(A) v / |v|^2 ~ sum_j w_j f(theta_j)`` (stochastic Lanczos quadrature).
+
+    Note:
+        Cost: ``steps`` block products of ``n`` vectors; memory ``n x steps x P``.
+    """
+    n, dim = v0.shape
+    steps = min(steps, dim)
+    basis = torch.zeros(n, steps, dim, dtype=v0.dtype, device=v0.device)
+    q = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True)
+    alphas = torch.zeros(n, steps, dtype=v0.dtype, device=v0.device)
+    betas = torch.zeros(n, steps, dtype=v0.dtype, device=v0.device)
+    m = steps
+    for j in range(steps):
+        basis[:, j] = q
+        w = matmat(q)
+        a = (w * q).sum(1)
+        w = w - a[:, None] * q
+        for _ in range(2):  # full reorthogonalization of each run against its own basis
+            B = basis[:, : j + 1]                                   # (n, j+1, P)
+            w = w - torch.einsum("njp,nj->np", B, torch.einsum("njp,np->nj", B, w))
+        b = torch.linalg.vector_norm(w, dim=1)
+        alphas[:, j], betas[:, j] = a, b
+        if j + 1 < steps:
+            if bool((b <= 1e-10 * a.abs().clamp_min(1e-30)).any()):  # a run found an invariant space
+                m = j + 1
+                break
+            q = w / b[:, None]
+    A, Bt = alphas[:, :m].cpu().double().numpy(), betas[:, :m].cpu().double().numpy()
+    nodes, weights = np.zeros((n, m)), np.zeros((n, m))
+    for r in range(n):
+        theta, s = np.linalg.eigh(_tridiag(A[r], Bt[r]))
+        nodes[r], weights[r] = theta, s[0] ** 2
+    return nodes, weights

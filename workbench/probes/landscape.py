@@ -1,0 +1,167 @@
+"""Loss-surface slices: the loss on a 1-D line or 2-D plane of weights through the current w.
+
+``L(w + a d1 + b d2)`` on a grid of coordinates ``(a, b)``, with directions:
+
+- ``"random"``: Gaussian directions, filter-normalized (Li et al. 2018): each filter (row of a
+  Linear weight, output channel of a conv) rescaled to the norm of the weight's filter, biases
+  and norm gains left out (``ignore_1d``), so the plot is comparable across scale-invariant nets;
+  coordinates in ``[-span, span]``;
+- ``"checkpoint"``: ``d1 = w_other - w`` toward another checkpoint (a state_dict or a model),
+  coordinate ``a`` in ``[0, span]`` so ``a = 1`` is the checkpoint itself (linear interpolation
+  between two runs or two steps); floating-point buffers (BatchNorm running statistics) are
+  interpolated along ``a`` too, as Li et al.'s ``--dir_type states``; with ``dims=2`` the second
+  direction is random and filter-normalized;
+- ``"hessian"``: the top ``dims`` Hessian eigenvectors (unit norm) from the curvature probe
+  ``hessian_top_eigs``, coordinates in ``[-span, span]`` (distance in weight space).
+
+Several grid points are evaluated per call where that is faster (``points_per_call``):
+``torch.func.functional_call`` + ``vmap`` over stacked weights, on a copy of the model whose
+BatchNorm layers use batch statistics without running buffers in train mode (same loss); models
+torch.func cannot batch (PowerNorm in train mode) fall back to one point per call.
+"""
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import torch
+
+from .._validate import check_choice, check_positive
+from ..utils import preserved_state
+from ._directions import (MODES, assign, filter_normalize, flatten, random_direction,
+                          restore_buffers, snapshot_buffers, to_flat_vectors, trainable, unflatten)
+
+DIRECTIONS = ("random", "checkpoint", "hessian")
+COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged", "alpha", "beta"]
+
+
+def axis(steps: int, lo: float, hi: float) -> torch.Tensor:
+    """``steps`` evenly spaced points in [lo, hi]; with lo = -hi the middle one is exactly 0."""
+    t = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    if lo == -hi:
+        return hi * (2 * torch.arange(steps, dtype=torch.float64) - (steps - 1)) / (steps - 1)
+    return lo + (hi - lo) * t
+
+
+def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2, steps: int = 21,
+              span: float = 1.0, other=None, mode: str = "train", seed: int = 0,
+              ignore_1d: bool = True, points_per_call: int = 1) -> pd.DataFrame:
+    """The loss on a ``steps`` (x ``steps``) grid of weights around ``w``.
+
+    Args:
+        model, batch, loss_fn: as every probe; ``batch = (inputs, targets)``.
+        direction: ``"random"``, ``"checkpoint"`` or ``"hessian"`` (see the module doc).
+        dims: 1 (a line) or 2 (a plane).
+        steps: grid points per axis (>= 2; odd puts ``w`` itself on the grid).
+        span: coordinate range: ``[-span, span]``, or ``[0, span]`` along a checkpoint.
+        other: the checkpoint for ``direction="checkpoint"``: a state_dict or an ``nn.Module``.
+        mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics); every point
+            sees the buffers the model had when the probe started.
+        seed: seed of the random directions (a private generator: the global RNG is untouched).
+        ignore_1d: zero the random directions on one-dimensional parameters (biases, gains).
+        points_per_call: grid points per batched (vmap) forward; 1 evaluates them one by one.
+
+    Returns:
+        One row per grid point: ``metric="loss"``, ``layer=""``, the coordinates in ``alpha`` and
+        ``beta`` (NaN for a line), ``iters`` the number of points, ``hvps`` those spent finding
+        Hessian directions.
+
+    Note:
+        Cost: ``steps**dims`` forward passes (no backward), plus the eigensolver's Hessian-vector
+        products for ``direction="hessian"``; batched calls hold ``points_per_call`` copies of
+        the weights and of the activations.
+    """
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("dims", dims, (1, 2))
+    check_choice("mode", mode, MODES)
+    check_positive("steps", steps, integer=True)
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (grid points per axis), got {steps}")
+    check_positive("span", span)
+    check_positive("points_per_call", points_per_call, integer=True)
+    if (other is None) == (direction == "checkpoint"):
+        raise ValueError("other (a state_dict or model) is needed with direction='checkpoint' "
+                         "and only there")
+    named = trainable(model)
+    params = [p for _, p in named]
+    x, y = batch
+    hvps, dirs, buffer_dir = 0, [], None
+    gen = torch.Generator().manual_seed(seed)
+    if direction == "checkpoint":
+        state = other.state_dict() if isinstance(other, torch.nn.Module) else other
+        missing = [n for n, _ in named if n not in state]
+        if missing:
+            raise ValueError(f"the checkpoint lacks parameters the model has: {', '.join(missing[:5])}")
+        dirs.append(flatten([state[n].to(p) for n, p in named]) - flatten(params))
+        buffer_dir = {n: state[n].to(b) - b for n, b in model.named_buffers()
+                      if b.is_floating_point() and n in state}
+    elif direction == "hessian":
+        try:
+            from .hessian_top_eigs import hessian_top_eigs
+        except ImportError as err:
+            raise ValueError("direction='hessian' needs the curvature probe "
+                             "workbench.probes.hessian_top_eigs, which this tree lacks; use "
+                             "direction='random' or 'checkpoint'") from err
+        frame, vectors = hessian_top_eigs(model, batch, loss_fn, k=dims, mode=mode,
+                                          return_vectors=True)
+        hvps = int(frame["hvps"].max()) if "hvps" in frame and len(frame) else 0
+        dirs = [v / v.norm() for v in to_flat_vectors(vectors, params)[:dims]]
+    while len(dirs) < dims:
+        dirs.append(flatten(filter_normalize(random_direction(params, gen), params, ignore_1d=ignore_1d)))
+    lo = 0.0 if direction == "checkpoint" else -span
+    a = axis(steps, lo, span)
+    b = axis(steps, -span, span) if dims == 2 else None
+    coords = (torch.cartesian_prod(a, b) if dims == 2 else a[:, None])  # (K, dims), float64
+    with preserved_state(model):
+        model.train(mode == "train")
+        losses = _evaluate(model, named, dirs, buffer_dir, coords, x, y, loss_fn, points_per_call)
+    frame = pd.DataFrame({"probe": "landscape", "metric": "loss", "layer": "", "value": losses,
+                          "hvps": hvps, "iters": len(coords), "converged": True,
+                          "alpha": coords[:, 0].tolist(),
+                          "beta": coords[:, 1].tolist() if dims == 2 else float("nan")})
+    return frame[COLUMNS]
+
+
+@torch.no_grad()
+def _evaluate(model, named, dirs, buffer_dir, coords, x, y, loss_fn, chunk) -> list[float]:
+    params = [p for _, p in named]
+    w0 = flatten(params)
+    D = torch.stack(dirs)  # (dims, P)
+    C = coords.to(device=w0.device, dtype=w0.dtype)  # (K, dims)
+    buffers = snapshot_buffers(model)
+    b0 = {n: b.detach().clone() for n, b in model.named_buffers()}
+    if chunk > 1:
+        try:
+            return _evaluate_batched(model, named, w0, D, buffer_dir, b0, C, x, y, loss_fn, chunk)
+        except RuntimeError:  # torch.func cannot batch this model (e.g. PowerNorm in train mode)
+            pass
+    out = []
+    named_buffers = dict(model.named_buffers())
+    for c in C:
+        assign(params, w0 + c @ D)
+        restore_buffers(buffers)
+        for n, d in (buffer_dir or {}).items():
+            named_buffers[n].copy_(b0[n] + c[0] * d)
+        out.append(loss_fn(model(x), y).detach())
+    return torch.stack(out).tolist()
+
+
+def _evaluate_batched(model, named, w0, D, buffer_dir, b0, C, x, y, loss_fn, chunk):
+    from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
+
+    fmodel = copy.deepcopy(model)
+    if model.training:  # batch statistics, no running buffers to update in place
+        replace_all_batch_norm_modules_(fmodel)
+    names, shapes = [n for n, _ in named], [p for _, p in named]
+    fixed = dict(fmodel.named_buffers())
+    moving = {n: d for n, d in (buffer_dir or {}).items() if fixed.get(n) is not None}
+
+    def loss_at(flat_w, alpha):
+        state = dict(zip(names, unflatten(flat_w, shapes)))
+        state.update({n: b0[n] + alpha * d for n, d in moving.items()})
+        state.update({n: b for n, b in fixed.items() if n not in moving})
+        return loss_fn(functional_call(fmodel, state, (x,)), y)
+
+    batched = vmap(loss_at)
+    out = [batched(w0 + c @ D, c[:, 0]) for c in C.split(chunk)]
+    return torch.cat(out).tolist()
