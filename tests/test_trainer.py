@@ -212,3 +212,18 @@ def test_config_round_trip_and_stable_id():
 def test_bad_train_configs(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**changes)
+
+
+def test_concurrent_runs_are_reproducible():
+    """Runs in threads (as dashboards do) give the same frames as runs one after another."""
+    cfgs = [TrainConfig.smoke().replace(seed=s) for s in (0, 1, 2)]
+    alone = [train(c).metric("loss") for c in cfgs]
+    results = {}
+    threads = [threading.Thread(target=lambda c=c: results.setdefault(c.seed, train(c)))
+               for c in cfgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c, ref in zip(cfgs, alone):
+        assert results[c.seed].metric("loss").equals(ref)

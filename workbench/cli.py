@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list stored runs")
     r.add_argument("--store", default=STORE_DEFAULT)
+
+    from .sweeps.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
     return p
 
 
@@ -160,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _cmd_train, "runs": _cmd_runs}[args.command](args)
+        from .sweeps.cli import run_sweep_command
+
+        return {"train": _cmd_train, "runs": _cmd_runs, "sweep": run_sweep_command}[args.command](args)
     except (ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

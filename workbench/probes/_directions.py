@@ -79,9 +79,13 @@ def filter_normalize(direction, params, *, ignore_1d: bool = True) -> list[torch
     return out
 
 
-def to_flat_vectors(vectors, params) -> list[torch.Tensor]:
-    """Accept (k, P), a list of (P,) tensors, or a list of per-parameter lists -> list of (P,)."""
+def to_flat_vectors(vectors, named) -> list[torch.Tensor]:
+    """(k, P), a list of (P,) tensors, of per-parameter lists or of ``{name: tensor}`` dicts
+    (missing names count as zeros) -> a list of (P,) over the ``named`` parameters."""
+    params = [p for _, p in named]
     numel = sum(p.numel() for p in params)
+    vectors = [[v[n] if n in v else torch.zeros_like(p) for n, p in named]
+               if isinstance(v, dict) else v for v in vectors] if isinstance(vectors, list) else vectors
     if isinstance(vectors, torch.Tensor):
         vectors = list(vectors.reshape(-1, numel)) if vectors.numel() % numel == 0 else [vectors]
     flat = [v.detach().reshape(-1) if isinstance(v, torch.Tensor) else flatten(v) for v in vectors]

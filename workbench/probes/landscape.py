@@ -37,10 +37,10 @@ COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged", "a
 
 def axis(steps: int, lo: float, hi: float) -> torch.Tensor:
     """``steps`` evenly spaced points in [lo, hi]; with lo = -hi the middle one is exactly 0."""
-    t = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    i = torch.arange(steps, dtype=torch.float64)
     if lo == -hi:
-        return hi * (2 * torch.arange(steps, dtype=torch.float64) - (steps - 1)) / (steps - 1)
-    return lo + (hi - lo) * t
+        return hi * (2 * i - (steps - 1)) / (steps - 1)
+    return lo + (hi - lo) * i / (steps - 1)
 
 
 def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2, steps: int = 21,
@@ -59,7 +59,9 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
             sees the buffers the model had when the probe started.
         seed: seed of the random directions (a private generator: the global RNG is untouched).
         ignore_1d: zero the random directions on one-dimensional parameters (biases, gains).
-        points_per_call: grid points per batched (vmap) forward; 1 evaluates them one by one.
+        points_per_call: grid points per batched (vmap) forward; 1 evaluates them one by one,
+            which is as fast on a CPU (41x41 on the digits MLP, batch 256: 0.5 s either way);
+            batching pays where per-call overhead dominates (small models on a GPU).
 
     Returns:
         One row per grid point: ``metric="loss"``, ``layer=""``, the coordinates in ``alpha`` and
@@ -105,7 +107,7 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
         frame, vectors = hessian_top_eigs(model, batch, loss_fn, k=dims, mode=mode,
                                           return_vectors=True)
         hvps = int(frame["hvps"].max()) if "hvps" in frame and len(frame) else 0
-        dirs = [v / v.norm() for v in to_flat_vectors(vectors, params)[:dims]]
+        dirs = [v / v.norm() for v in to_flat_vectors(vectors, named)[:dims]]
     while len(dirs) < dims:
         dirs.append(flatten(filter_normalize(random_direction(params, gen), params, ignore_1d=ignore_1d)))
     lo = 0.0 if direction == "checkpoint" else -span

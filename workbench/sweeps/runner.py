@@ -5,7 +5,8 @@ Resumable and lossless:
 * every run that comes back is saved atomically (``RunStore.save``) before the next is looked at,
   so killing the sweep loses only the runs still in flight;
 * a rerun skips the run ids already stored as finished, diverged or failed (``retry_failed=True``
-  trains the failed ones again); a run stored as cancelled is trained again;
+  trains the failed ones again); a run stored as cancelled, or failed because its worker died or
+  the executor lost it (not the config's fault), is trained again;
 * only this process writes the store: workers return their ``Run``, so nothing is saved twice and
   a Dask cluster needs no shared file system.
 
@@ -115,10 +116,11 @@ class SweepResult:
 
 
 def _stored_status(store: RunStore, run_id: str) -> str | None:
+    """The stored run's status (None: not stored; ``retry``: failed by the executor, not the config)."""
     if not store.has(run_id):
         return None
     meta = json.loads((store.root / run_id / "meta.json").read_text())  # no need to read the rows
-    return meta.get("status")
+    return "retry" if meta.get("executor_error") else meta.get("status")
 
 
 def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local", *,
@@ -165,6 +167,7 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
     queue = list(reversed(todo))  # pop() from the end: grid order
     pending: dict = {}
     attempts: Counter = Counter()
+    broken = 0  # worker deaths since the last run came back: many in a row means they cannot start
     t0 = time.perf_counter()
     try:
         while queue or pending:
@@ -183,6 +186,12 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
                 try:
                     run = ex.result(fut)
                 except BrokenProcessPool as exc:  # a worker died (OOM, segfault): retry once
+                    broken += 1
+                    if broken > 2 * slots + 2:
+                        raise RuntimeError(
+                            f"worker processes keep dying before returning a run ({exc}); a script "
+                            f"that calls run_sweep must guard it with if __name__ == '__main__':, and "
+                            f"the workers must be able to import workbench") from None
                     if attempts[cfg.run_id] < 2:
                         queue.append(cfg)
                         log.write("requeue", sweep=sweep.name, run_id=cfg.run_id, error=str(exc))
@@ -190,6 +199,8 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
                     run = _failed(cfg, f"worker process died twice: {exc}")
                 except Exception as exc:  # noqa: BLE001 - recorded on the run, the sweep goes on
                     run = _failed(cfg, f"{type(exc).__name__}: {exc}")
+                else:
+                    broken = 0
                 store.save(run)
                 log.write("saved", sweep=sweep.name, run_id=run.run_id, status=run.status)
                 result.counts[run.status] += 1
@@ -213,8 +224,10 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
 
 
 def _failed(cfg, error: str) -> Run:
+    """A run the executor lost: stored as failed, and trained again by the next rerun."""
     return Run(run_id=cfg.run_id, config=cfg.to_dict(), status="failed", error=error,
-               started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+               started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               meta={"executor_error": True})
 
 
 def _postfix(counts: Counter, running: int) -> str:

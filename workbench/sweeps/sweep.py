@@ -181,7 +181,7 @@ class Sweep:
 
     # -- YAML / dict ---------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "Sweep":
+    def from_dict(cls, d: dict) -> Sweep:
         """Build from ``{name, base, grid, extra, seeds, analysis}`` (the YAML layout)."""
         if not isinstance(d, dict):
             raise ValueError(f"a sweep file must hold a mapping with keys {', '.join(SWEEP_KEYS)}; "
@@ -213,7 +213,7 @@ class Sweep:
                    seeds=d.get("seeds", (0,)), name=name, analysis=analysis)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Sweep":
+    def from_yaml(cls, path: str | Path) -> Sweep:
         """Read a sweep file (see ``sweeps/critical_batch.yaml``)."""
         import yaml
 

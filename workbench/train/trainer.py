@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import threading
 import time
 import traceback
 import warnings
@@ -30,6 +31,7 @@ from .schedules import lr_at, make_batch_schedule
 
 Probe = Callable[..., pd.DataFrame]
 StepCallback = Callable[[int, dict], None]
+_GLOBAL_RNG_LOCK = threading.Lock()
 TRAIN_METRICS = ("loss", "accuracy", "lr", "batch_size", "examples", "grad_norm", "weight_norm",
                  "wall_time")
 
@@ -194,11 +196,16 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     t_start = t0 = time.perf_counter()
     step = 0
     try:
-        seed_everything(cfg.seed)
-        dataset = make_dataset(cfg.data).to(device)
+        dataset = make_dataset(cfg.data).to(device)  # own generators: no global RNG involved
         model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
                                 cfg.data.name)
-        model = build_model(model_cfg).to(device)
+        # Model init is the one consumer of the global RNG (data, sampler and probes use their
+        # own generators), so seeding and building under a lock keeps concurrent runs
+        # (dashboards train in threads) reproducible.
+        with _GLOBAL_RNG_LOCK:
+            seed_everything(cfg.seed)
+            model = build_model(model_cfg)
+        model = model.to(device)
         model.train()
         run.model, run.dataset = model, dataset
         params = [p for p in model.parameters() if p.requires_grad]
@@ -212,6 +219,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                                       theta=cfg.norm_test_theta, check_every=cfg.norm_test_every,
                                       multiple_of=cfg.micro_batch or 1)
         loss_fn = dataset.loss_fn
+        zeros = torch.zeros_like  # a parameter unused this step has no .grad: its norm is 0
         if progress:
             from tqdm.auto import tqdm
 
@@ -263,18 +271,17 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
             # one fused norm over grads and weights, one device sync for every metric of the step
             with torch.no_grad():
-                grads = [p.grad for p in params if p.grad is not None]
-                norms = torch.stack(torch._foreach_norm(grads + params)).square()
-                scalars = [_total(losses), norms[:len(grads)].sum().sqrt(), norms[len(grads):].sum().sqrt()]
-                if accs:
-                    scalars.append(_total(accs))
-                vals = torch.stack(scalars).tolist()
+                grads = [p.grad if p.grad is not None else zeros(p) for p in params]
+                norms = torch.stack(torch._foreach_norm(grads + params)).view(2, -1)
+                scalars = [_total(losses), _total(accs) if accs else losses[0]]
+                # [loss, accuracy, grad_norm, weight_norm]
+                vals = torch.cat([torch.stack(scalars), torch.linalg.vector_norm(norms, dim=1)]).tolist()
             examples += B
             metrics = {"loss": vals[0]}
             if accs:
-                metrics["accuracy"] = vals[3]
-            metrics.update(lr=lr, batch_size=B, examples=examples, grad_norm=vals[1],
-                           weight_norm=vals[2], wall_time=time.perf_counter() - t0)
+                metrics["accuracy"] = vals[1]
+            metrics.update(lr=lr, batch_size=B, examples=examples, grad_norm=vals[2],
+                           weight_norm=vals[3], wall_time=time.perf_counter() - t0)
             rows.add(step, "train", metrics)
             run.steps_done = step + 1
             if not math.isfinite(vals[0]):

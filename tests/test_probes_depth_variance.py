@@ -1,0 +1,108 @@
+"""depth_variance against its oracles: the Pre-LN variance recursion at init, identity blocks."""
+import pytest
+import torch
+
+from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig, build_model
+from workbench.probes.depth_variance import depth_variance
+
+LF = torch.nn.functional.cross_entropy
+
+
+def _table(frame):
+    return frame.pivot(index="layer", columns="metric", values="value")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pre_ln_residual_variance_at_init_follows_the_analytic_recursion(seed):
+    """x_{l+1} = x_l + W relu(LN(x_l)) + b with torch's default Linear init (W and b uniform with
+    variance 1/(3 w)): LN output has unit variance per example, relu keeps half of its second
+    moment, and the branch is uncorrelated with x_l at init, so
+    Var(x_{l+1}) = Var(x_l) + w * 1/(3w) * 1/2 + 1/(3w) = Var(x_l) + 1/6 + 1/(3w)  (linear growth)."""
+    w, depth = 256, 8
+    torch.manual_seed(seed)
+    model = build_model(MLPConfig(depth=depth, width=w, norm="layer", residual=True, in_dim=32, out_dim=4))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(512, 32, generator=g), torch.randint(0, 4, (512,), generator=g)
+    t = _table(depth_variance(model, (x, y), LF))
+    step = 1 / 6 + 1 / (3 * w)
+    var0 = t.loc["blocks.0", "stream_in_variance"]
+    for l in range(depth):
+        row = t.loc[f"blocks.{l}"]
+        assert row["stream_in_variance"] == pytest.approx(var0 + l * step, rel=0.03)
+        assert row["stream_out_variance"] == pytest.approx(var0 + (l + 1) * step, rel=0.03)
+        assert row["block_output_variance"] == pytest.approx(step, rel=0.05)
+        assert row["stream_in_rms"] ** 2 >= row["stream_in_variance"] * (1 - 1e-6)
+
+
+def test_variance_and_angle_match_explicit_computation_on_a_transformer():
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(depth=3, d_model=16, heads=2, placement="pre", vocab_size=11, seq_len=6))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 11, (4, 6), generator=g), torch.randint(0, 11, (4, 6), generator=g)
+    lf = lambda out, t: LF(out.reshape(-1, 11), t.reshape(-1))  # noqa: E731
+    t = _table(depth_variance(model, (x, y), lf))
+    with torch.no_grad():
+        h = model.tok(x) + model.pos(torch.arange(6))
+        for i, block in enumerate(model.blocks):
+            out = block(h)
+            row = t.loc[f"blocks.{i}"]
+            assert row["stream_in_variance"] == pytest.approx(float(h.var(unbiased=False)), rel=1e-5)
+            assert row["stream_out_rms"] == pytest.approx(float(out.square().mean().sqrt()), rel=1e-5)
+            cos = torch.nn.functional.cosine_similarity(h.reshape(-1, 16), out.reshape(-1, 16), dim=1)
+            assert row["angular_distance"] == pytest.approx(float(torch.arccos(cos).mean() / torch.pi), rel=1e-4)
+            skipped = model.head(model.final_norm(_run(model, model.tok(x) + model.pos(torch.arange(6)), skip=i)))
+            full = model(x)
+            assert row["skip_loss_increase"] == pytest.approx(float(lf(skipped, y) - lf(full, y)), abs=1e-5)
+            h = out
+    model.zero_grad()
+    lf(model(x), y).backward()
+    for i, block in enumerate(model.blocks):
+        expected = torch.cat([p.grad.reshape(-1) for p in block.parameters()]).norm()
+        assert t.loc[f"blocks.{i}", "grad_norm"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def _run(model, h, skip):
+    for i, block in enumerate(model.blocks):
+        h = h if i == skip else block(h)
+    return h
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_skipping_an_identity_block_changes_nothing(mode):
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(depth=4, width=16, norm="batch", residual=True, in_dim=5, out_dim=3))
+    with torch.no_grad():  # block 2's branch adds exactly zero: the block is the identity
+        model.blocks[2][2].weight.zero_()
+        model.blocks[2][2].bias.zero_()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 5, generator=g), torch.randint(0, 3, (32,), generator=g)
+    t = _table(depth_variance(model, (x, y), LF, mode=mode))
+    row = t.loc["blocks.2"]
+    assert row["skip_loss_increase"] == 0.0
+    assert row["block_output_variance"] == 0.0 and row["relative_update"] == 0.0
+    assert row["angular_distance"] == pytest.approx(0.0, abs=1e-3)
+    assert row["stream_in_variance"] == row["stream_out_variance"]
+    assert (t.drop(index="blocks.2")["skip_loss_increase"].abs() > 0).all()
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "mix", "ln_scaling"])
+def test_every_transformer_placement_and_the_convnet_are_supported(placement):
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(depth=4, d_model=8, heads=2, placement=placement, vocab_size=7, seq_len=5))
+    x = torch.randint(0, 7, (3, 5))
+    lf = lambda out, t: LF(out.reshape(-1, 7), t.reshape(-1))  # noqa: E731
+    frame = depth_variance(model, (x, x), lf)
+    assert sorted(frame.layer.unique()) == [f"blocks.{i}" for i in range(4)]
+    assert frame.value.notna().all()
+    conv = build_model(ConvNetConfig(stages=2, channels=4, in_channels=3, out_dim=5))
+    t = _table(depth_variance(conv, (torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))), LF))
+    assert t.notna().all().all() and len(t) == 2
+
+
+def test_models_without_residual_blocks_are_rejected():
+    model = build_model(MLPConfig(depth=2, width=8, in_dim=5, out_dim=3))
+    with pytest.raises(ValueError, match="depth_variance needs residual blocks; got an MLP with "
+                                         "residual=False. Supported: MLPConfig\\(residual=True\\)"):
+        depth_variance(model, (torch.randn(4, 5), torch.zeros(4, dtype=torch.long)), LF)
+    with pytest.raises(ValueError, match="got Linear"):
+        depth_variance(torch.nn.Linear(5, 3), (torch.randn(4, 5), torch.zeros(4, dtype=torch.long)), LF)

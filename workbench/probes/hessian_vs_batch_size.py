@@ -1,0 +1,197 @@
+"""Mini-batch Hessian spectra against batch size, beside the full-data Hessian (papers.md §2.2).
+
+For each batch size B, ``num_batches`` disjoint random mini-batches of the data source: the top
+and bottom eigenvalues and the trace of ``H_B``, their mean and spread, and the largest stable
+SGD learning rate ``2 / lambda_max(H_B)``. The random-matrix model (Granziol et al., "Learning
+Rates as a Function of Batch Size") predicts ``lambda_max(H_B) ~ lambda_full + c / B`` (a
+BBP-type outlier shift), so ``2/lambda_max`` grows about linearly in B until it saturates; with
+Adam's diagonal preconditioner ``P_B = diag(sqrt(v_B) + eps)``, ``v_B`` the mean squared
+mini-batch gradient, the same for ``P^-1/2 H_B P^-1/2`` (square-root scaling).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._validate import check_positive
+from ..utils import preserved_state
+from .hessian_density import broadened_density
+from .hessian_trace import trace_estimate
+from .hvp import TIDY, check_batch, curvature_operator, random_vectors
+from .lanczos import lanczos_eigs, lanczos_quadrature
+
+COLUMNS = TIDY[1:] + ["batch_size", "eigenvalue"]
+
+
+class _Preconditioned:
+    """``D H D`` with ``D = diag(d)``: a symmetric operator with the same products as ``op``."""
+
+    def __init__(self, op, d):
+        self.op, self.d, self.dim, self.device, self.dtype = op, d, op.dim, op.device, op.dtype
+
+    def mv(self, v):
+        return self.d * self.op.mv(self.d * v)
+
+    def mm(self, vs):
+        return self.d * self.op.mm(self.d * vs)
+
+
+def _spectrum(op, *, max_iter, tol, trace_matvecs, density_steps, seed):
+    v0 = random_vectors(1, op.dim, seed=seed, device=op.device, dtype=op.dtype)[0]
+    res = lanczos_eigs(op.mv, v0, k=1, bottom_k=1, max_iter=max_iter, tol=tol)
+    out = {"lambda_max": float(res.top[0]), "lambda_min": float(res.bottom[0]), "converged": res.converged}
+    if trace_matvecs:
+        out["trace"] = trace_estimate(op, "hutchpp", trace_matvecs, seed)[0]
+    if density_steps:
+        out["quadrature"] = lanczos_quadrature(
+            op.mm, random_vectors(2, op.dim, seed=seed + 7, device=op.device, dtype=op.dtype), density_steps)
+    return out
+
+
+def _source(batch):
+    if hasattr(batch, "x_train") and hasattr(batch, "y_train"):  # a workbench Dataset
+        return batch.x_train, batch.y_train
+    return check_batch(batch)
+
+
+def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batches: int = 3,
+                          mode: str = "train", kind: str = "hessian", params=None, max_iter: int = 60,
+                          tol: float = 1e-3, trace_matvecs: int = 12, density_steps: int = 0,
+                          density_points: int = 60, adam: bool = True, adam_eps: float = 1e-8,
+                          seed: int = 0) -> pd.DataFrame:
+    """Extremal eigenvalues, trace (and density) of mini-batch Hessians for several batch sizes.
+
+    Args:
+        model, loss_fn: as every probe.
+        batch: the data source: an ``(inputs, targets)`` pair of N examples (the "full data") or
+            a workbench ``Dataset`` (its training split).
+        batch_sizes: sizes B < N (default: powers of two from N // 8 to N // 2, at least 2).
+        num_batches: disjoint random mini-batches per size (fewer when N / B is smaller).
+        mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); one subset.
+        max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run).
+        trace_matvecs: Hutch++ products per Hessian (0: no trace).
+        density_steps: SLQ steps (2 runs) per Hessian, averaged into a density per B (0: none).
+        adam: also the Adam-preconditioned Hessian ``P^-1/2 H P^-1/2``, ``P = diag(sqrt(v_B)+eps)``.
+        seed: of the batch draws and probe vectors (local generators).
+
+    Returns:
+        Tidy rows with a ``batch_size`` column (N for the full data): per B ``lambda_max_mean``,
+        ``lambda_max_std``, ``lambda_min_mean``/``_std``, ``trace_mean``/``_std``,
+        ``lr_max_sgd`` (``2 / lambda_max_mean``), ``adam_lambda_max_mean``/``_std``,
+        ``lr_max_adam``; the same without ``_mean`` for the full data (``lambda_max`` ...); the
+        fit ``fit_lambda_full``, ``fit_c``, ``fit_r2`` of ``lambda_max_mean = a + c / B``; the
+        exponents ``lr_sgd_exponent``/``lr_adam_exponent`` (log-log slope of lr_max over the
+        mini-batch sizes); and with ``density_steps`` metric ``density`` rows on a shared grid
+        (column ``eigenvalue``).
+
+    Note:
+        Cost: per Hessian (``num_batches`` per size + 1 full), one forward and double backward,
+        up to ``max_iter`` HVPs for the eigenvalues, ``trace_matvecs`` for the trace,
+        ``2 * density_steps`` for the density, and with ``adam`` the same eigenvalue budget again
+        plus one gradient per mini-batch. The full-data Hessian holds the whole data set's graph.
+    """
+    x, y = _source(batch)
+    n = x.shape[0]
+    if batch_sizes is None:
+        batch_sizes = sorted({max(2, n // d) for d in (8, 4, 2)})
+    batch_sizes = sorted(batch_sizes)
+    for b in batch_sizes:
+        check_positive("batch size", b, integer=True)
+        if b >= n:
+            raise ValueError(f"batch size {b} must be smaller than the data source's {n} examples; "
+                             f"valid: 1..{n - 1}")
+    check_positive("num_batches", num_batches, integer=True)
+    gen = torch.Generator().manual_seed(seed)
+    rows, results = [], {}
+    with preserved_state(model):
+        for b in batch_sizes + [n]:
+            perm = torch.randperm(n, generator=gen).to(x.device)
+            count = 1 if b == n else min(num_batches, n // b)
+            draws = [perm[i * b:(i + 1) * b] for i in range(count)]
+            specs, grads_sq = [], []
+            for j, idx in enumerate(draws):
+                with curvature_operator(model, (x[idx], y[idx]), loss_fn, mode=mode, kind=kind,
+                                        params=params) as op:
+                    spec = _spectrum(op, max_iter=max_iter, tol=tol, trace_matvecs=trace_matvecs,
+                                     density_steps=density_steps, seed=seed + j)
+                    spec["hvps"], label = op.hvps, op.label
+                    grads_sq.append(op.grad.pow(2))
+                    specs.append(spec)
+            # Adam's v_B averages the squared gradients of all draws of this size: a second pass.
+            if adam:
+                v = torch.stack(grads_sq).mean(0)
+                d = (v.sqrt() + adam_eps).rsqrt()
+                for j, idx in enumerate(draws):
+                    with curvature_operator(model, (x[idx], y[idx]), loss_fn, mode=mode, kind=kind,
+                                            params=params) as op:
+                        pre = _Preconditioned(op, d)
+                        v0 = random_vectors(1, op.dim, seed=seed + j, device=op.device, dtype=op.dtype)[0]
+                        r = lanczos_eigs(pre.mv, v0, k=1, max_iter=max_iter, tol=tol)
+                        specs[j]["adam_lambda_max"] = float(r.top[0])
+                        specs[j]["hvps"] += op.hvps
+                        specs[j]["converged"] &= r.converged
+            results[b] = specs
+        for b, specs in results.items():
+            hv = sum(s["hvps"] for s in specs)
+            conv = all(s["converged"] for s in specs)
+            full = b == n
+            for key in ("lambda_max", "lambda_min", "trace", "adam_lambda_max"):
+                if key not in specs[0]:
+                    continue
+                vals = np.array([s[key] for s in specs])
+                if full:
+                    rows.append((key, label, float(vals[0]), hv, len(specs), conv, b, np.nan))
+                else:
+                    rows += [(f"{key}_mean", label, float(vals.mean()), hv, len(specs), conv, b, np.nan),
+                             (f"{key}_std", label, float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                              hv, len(specs), conv, b, np.nan)]
+            lam = np.mean([s["lambda_max"] for s in specs])
+            rows.append(("lr_max_sgd", label, 2 / lam if lam > 0 else np.inf, hv, len(specs), conv, b, np.nan))
+            if adam:
+                lam_a = np.mean([s["adam_lambda_max"] for s in specs])
+                rows.append(("lr_max_adam", label, 2 / lam_a if lam_a > 0 else np.inf, hv, len(specs),
+                             conv, b, np.nan))
+        rows += _fits(results, batch_sizes, label, adam)
+        if density_steps:
+            rows += _densities(results, label, density_points)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame.insert(0, "probe", "hessian_vs_batch_size")
+    return frame
+
+
+def _fits(results, batch_sizes, label, adam):
+    """Least squares ``lambda_max_mean = a + c / B`` and log-log slopes of lr_max over the sizes."""
+    if not batch_sizes:
+        return []
+    bs = np.array(batch_sizes, dtype=float)
+    lam = np.array([np.mean([s["lambda_max"] for s in results[b]]) for b in batch_sizes])
+    rows = []
+    if len(bs) >= 2:
+        A = np.stack([np.ones_like(bs), 1 / bs], 1)
+        (a, c), *_ = np.linalg.lstsq(A, lam, rcond=None)
+        ss = ((lam - lam.mean()) ** 2).sum()
+        r2 = 1 - ((lam - A @ np.array([a, c])) ** 2).sum() / ss if ss > 0 else 1.0
+        rows += [("fit_lambda_full", label, float(a)), ("fit_c", label, float(c)), ("fit_r2", label, float(r2))]
+        for name, key in (("lr_sgd_exponent", "lambda_max"), ("lr_adam_exponent", "adam_lambda_max")):
+            if key == "adam_lambda_max" and not adam:
+                continue
+            lm = np.array([np.mean([s[key] for s in results[b]]) for b in batch_sizes])
+            if (lm > 0).all():
+                rows.append((name, label, float(np.polyfit(np.log(bs), np.log(2 / lm), 1)[0])))
+    return [(m, lab, v, 0, 0, True, np.nan, np.nan) for m, lab, v in rows]
+
+
+def _densities(results, label, num_points):
+    """SLQ density per batch size on one grid spanning every size's Ritz values."""
+    allnodes = np.concatenate([s["quadrature"][0].ravel() for specs in results.values() for s in specs])
+    lo, hi = allnodes.min(), allnodes.max()
+    sigma = 0.01 * max(hi - lo, 1e-12)
+    grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, num_points)
+    rows = []
+    for b, specs in results.items():
+        nodes = np.concatenate([s["quadrature"][0] for s in specs])
+        weights = np.concatenate([s["quadrature"][1] for s in specs])
+        dens = broadened_density(nodes, weights, grid, sigma)
+        rows += [("density", label, float(v), 0, len(specs), True, b, float(t)) for t, v in zip(grid, dens)]
+    return rows
