@@ -12,26 +12,36 @@ def _table(frame):
     return frame.pivot(index="layer", columns="metric", values="value")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pre_ln_residual_variance_at_init_follows_the_analytic_recursion(seed):
+def test_pre_ln_residual_variance_at_init_follows_the_analytic_recursion():
     """x_{l+1} = x_l + W relu(LN(x_l)) + b with torch's default Linear init (W and b uniform with
-    variance 1/(3 w)): LN output has unit variance per example, relu keeps half of its second
-    moment, and the branch is uncorrelated with x_l at init, so
-    Var(x_{l+1}) = Var(x_l) + w * 1/(3w) * 1/2 + 1/(3w) = Var(x_l) + 1/6 + 1/(3w)  (linear growth)."""
-    w, depth = 256, 8
-    torch.manual_seed(seed)
-    model = build_model(MLPConfig(depth=depth, width=w, norm="layer", residual=True, in_dim=32, out_dim=4))
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(512, 32, generator=g), torch.randint(0, 4, (512,), generator=g)
-    t = _table(depth_variance(model, (x, y), LF))
+    variance 1/(3w)): LN output has unit variance per example, relu keeps half of its second
+    moment, and the branch is uncorrelated with x_l over random weights, so in expectation
+    Var(x_{l+1}) = Var(x_l) + w * 1/(3w) * 1/2 + 1/(3w) = Var(x_l) + 1/6 + 1/(3w) (linear growth).
+    One finite-width net has a random cross term 2 Cov(x_l, F_l) of a few percent per block, so
+    (and the block's own output variance, a quadratic form in a low-rank input) is averaged over
+    16 initializations."""
+    w, depth, seeds = 256, 8, 16
     step = 1 / 6 + 1 / (3 * w)
-    var0 = t.loc["blocks.0", "stream_in_variance"]
-    for l in range(depth):
-        row = t.loc[f"blocks.{l}"]
-        assert row["stream_in_variance"] == pytest.approx(var0 + l * step, rel=0.03)
-        assert row["stream_out_variance"] == pytest.approx(var0 + (l + 1) * step, rel=0.03)
-        assert row["block_output_variance"] == pytest.approx(step, rel=0.05)
-        assert row["stream_in_rms"] ** 2 >= row["stream_in_variance"] * (1 - 1e-6)
+    growth, added = [], []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = build_model(MLPConfig(depth=depth, width=w, norm="layer", residual=True, in_dim=32, out_dim=4))
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(128, 32, generator=g), torch.randint(0, 4, (128,), generator=g)
+        t = _table(depth_variance(model, (x, y), LF))
+        var0 = t.loc["blocks.0", "stream_in_variance"]
+        growth.append([t.loc[f"blocks.{d}", "stream_out_variance"] - var0 for d in range(depth)])
+        added.append(t["block_output_variance"].tolist())
+        for d in range(depth):
+            row = t.loc[f"blocks.{d}"]
+            assert row["stream_in_rms"] ** 2 >= row["stream_in_variance"] * (1 - 1e-6)
+            if d:
+                assert row["stream_in_variance"] == t.loc[f"blocks.{d - 1}", "stream_out_variance"]
+    mean_growth = torch.tensor(growth, dtype=torch.float64).mean(0)
+    expected = step * torch.arange(1, depth + 1, dtype=torch.float64)
+    torch.testing.assert_close(mean_growth, expected, rtol=0.05, atol=0)
+    mean_added = torch.tensor(added, dtype=torch.float64).mean(0)
+    torch.testing.assert_close(mean_added, torch.full((depth,), step, dtype=torch.float64), rtol=0.05, atol=0)
 
 
 def test_variance_and_angle_match_explicit_computation_on_a_transformer():

@@ -3,12 +3,16 @@
 Each probe leaves the model exactly as it found it (parameters, ``.grad``, train/eval flags,
 BatchNorm buffers, global RNG). ``PROBES`` lists them; ``PRESETS`` groups them by cost.
 """
+from .channel_health import channel_health
+from .depth_variance import depth_variance
 from .gradient_noise_scale import gradient_noise_scale
 from .hessian_density import hessian_density
 from .hessian_top_eigs import hessian_top_eigs
 from .hessian_trace import hessian_trace
 from .hessian_vs_batch_size import hessian_vs_batch_size
+from .landscape import landscape
 from .layer_norms import layer_norms
+from .smoothness import smoothness, smoothness_small
 
 PROBES = {
     "layer_norms": layer_norms,
@@ -17,15 +21,25 @@ PROBES = {
     "hessian_density": hessian_density,
     "hessian_vs_batch_size": hessian_vs_batch_size,
     "gradient_noise_scale": gradient_noise_scale,
+    "channel_health": channel_health,
+    "smoothness_small": smoothness_small,
+    "smoothness": smoothness,
+    "landscape": landscape,
+    "depth_variance": depth_variance,
 }
 
 # Presets ordered by cost; every name must be in PROBES.
 PRESETS = {
-    "cheap": ("layer_norms",),
-    "standard": ("layer_norms", "hessian_top_eigs", "hessian_trace", "gradient_noise_scale"),
+    "cheap": ("layer_norms", "channel_health"),
+    "standard": ("layer_norms", "hessian_top_eigs", "hessian_trace", "gradient_noise_scale",
+                 "channel_health", "smoothness_small"),
     "full": ("layer_norms", "hessian_top_eigs", "hessian_trace", "gradient_noise_scale",
-             "hessian_density", "hessian_vs_batch_size"),
+             "hessian_density", "hessian_vs_batch_size", "channel_health", "smoothness",
+             "landscape"),
 }
+# depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 
-__all__ = ["PRESETS", "PROBES", "gradient_noise_scale", "hessian_density", "hessian_top_eigs",
-           "hessian_trace", "hessian_vs_batch_size", "layer_norms"]
+__all__ = ["PRESETS", "PROBES", "channel_health", "depth_variance", "gradient_noise_scale",
+           "hessian_density", "hessian_top_eigs",
+           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "smoothness",
+           "smoothness_small"]

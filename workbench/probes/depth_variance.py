@@ -121,7 +121,7 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
                     update.var(unbiased=False), update.norm() / base.norm().clamp_min(1e-30),
                     torch.arccos(cos.clamp(-1, 1)).mean() / math.pi, g_sq.sqrt().to(inp.dtype)]))
             skips = []
-            for i, (_, block) in enumerate(blocks):
+            for _, block in blocks:
                 def skip(mod, args, out):
                     return torch.zeros_like(out) if structure == "branch" else shortcut(mod, args[0])
                 handle = block.register_forward_hook(skip)

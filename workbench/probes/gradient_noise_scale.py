@@ -11,7 +11,9 @@ per-example covariance and ``H`` the Hessian:
   ``tr(Sigma) ~ (|G_s|^2 - |G_b|^2)/(1/Bs - 1/Bb)`` with ``G_b`` the gradient of the whole batch
   and ``|G_s|^2`` the mean over its disjoint sub-batches of ``small_batch`` examples;
 - ``b_noise = tr(H Sigma) / (G^T H G)`` and the critical batch size ``b_crit ~ b_noise``;
-- ``gsnr`` per parameter tensor: the mean over its coordinates of ``gbar_j^2 / var_j(g_ij)``.
+- ``gsnr`` per parameter tensor: the mean over its coordinates of ``gbar_j^2 / var_j(g_ij)``
+  (Liu et al. 2020), leaving out noise-free coordinates (variance <= 1e-12 x the largest; NaN if
+  all are).
 
 Per-example gradients in train mode: BatchNorm couples the examples, so ``g_i`` is the gradient of
 example i's loss *through the batch statistics* (they still average to the batch gradient). They
@@ -29,9 +31,17 @@ import pandas as pd
 import torch
 from torch.func import functional_call, jacrev, replace_all_batch_norm_modules_
 
-from .._validate import check_positive
+from .._validate import check_choice, check_positive
 from ..utils import preserved_state
-from .hvp import TIDY, check_batch, curvature_operator, forward_loss, restored_buffers, select_params
+from .hvp import (
+    MODES,
+    TIDY,
+    check_batch,
+    curvature_operator,
+    forward_loss,
+    restored_buffers,
+    select_params,
+)
 
 
 def _per_example_losses(out, y, loss_fn):
@@ -109,6 +119,7 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         ``N / small_batch + 1`` gradients for the two-batch estimator, and with ``hessian`` one
         forward + double backward and up to ``max_hessian_examples + 1`` HVPs.
     """
+    check_choice("mode", mode, MODES)
     x, y = check_batch(batch)
     n = x.shape[0]
     if n < 2:
@@ -149,19 +160,22 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
                 g_hg = float(gbar @ op.mv(gbar))
                 hvps = op.hvps
             b_noise = tr_h_cov / g_hg if g_hg > 0 else float("inf")
-        gsnr = gbar.pow(2) / var.clamp_min(torch.finfo(var.dtype).tiny)
+        # Coordinates with no noise (e.g. a bias right before BatchNorm: gradient ~1e-17) are
+        # left out of the means; their ratio is round-off over round-off.
+        noisy = var > 1e-12 * var.max()
+        gsnr = torch.where(noisy, gbar.pow(2) / var.where(noisy, torch.ones_like(var)), torch.nan)
         values = {
             "grad_norm_sq": g2, "grad_norm_sq_unbiased": g2_unb, "trace_cov": tr_cov,
             "b_simple": tr_cov / g2 if g2 > 0 else math.inf,
             "b_simple_unbiased": tr_cov / g2_unb if g2_unb > 0 else math.inf,
             "grad_norm_sq_two_batch": g2_two, "trace_cov_two_batch": tr_two,
             "b_simple_two_batch": tr_two / g2_two if g2_two > 0 else math.inf,
-            "b_noise": b_noise, "b_crit": b_noise, "gsnr": float(gsnr.mean()),
+            "b_noise": b_noise, "b_crit": b_noise, "gsnr": float(gsnr.nanmean()),
         }
         rows += [(m, label, float(v), hvps, 1, True, method) for m, v in values.items()]
         i = 0
         for name, p in zip(names, plist):
-            rows.append(("gsnr", name, float(gsnr[i:i + p.numel()].mean()), 0, 1, True, method))
+            rows.append(("gsnr", name, float(gsnr[i:i + p.numel()].nanmean()), 0, 1, True, method))
             i += p.numel()
     frame = pd.DataFrame(rows, columns=TIDY[1:] + ["method"])
     frame.insert(0, "probe", "gradient_noise_scale")

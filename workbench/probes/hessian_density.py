@@ -62,7 +62,8 @@ def hessian_density(model, batch, loss_fn, *, num_runs: int = 4, steps: int = 30
     with preserved_state(model):
         for sub in as_subsets(params):
             with curvature_operator(model, batch, loss_fn, mode=mode, kind=kind, params=sub) as op:
-                v0 = random_vectors(num_runs, op.dim, seed=seed, device=op.device, dtype=op.dtype)
+                v0 = random_vectors(num_runs, op.dim, seed=seed, device=op.device, dtype=op.dtype,
+                                    rademacher=True)  # lower-variance quadrature than Gaussian
                 nodes, weights = lanczos_quadrature(op.mm, v0, steps)
                 budget = (op.hvps, nodes.shape[1], nodes.shape[1] >= op.dim)
                 grid, sigma = density_grid(nodes, num_points, sigma_rel)

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._validate import check_positive
+from .._validate import check_choice, check_positive
 from ..utils import preserved_state
 from .hessian_density import broadened_density
 from .hessian_trace import trace_estimate
-from .hvp import TIDY, check_batch, curvature_operator, random_vectors
+from .hvp import KINDS, MODES, TIDY, check_batch, curvature_operator, random_vectors
 from .lanczos import lanczos_eigs, lanczos_quadrature
 
 COLUMNS = TIDY[1:] + ["batch_size", "eigenvalue"]
@@ -57,7 +57,7 @@ def _source(batch):
 
 def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batches: int = 3,
                           mode: str = "train", kind: str = "hessian", params=None, max_iter: int = 60,
-                          tol: float = 1e-3, trace_matvecs: int = 12, density_steps: int = 0,
+                          tol: float = 1e-2, trace_matvecs: int = 12, density_steps: int = 0,
                           density_points: int = 60, adam: bool = True, adam_eps: float = 1e-8,
                           seed: int = 0) -> pd.DataFrame:
     """Extremal eigenvalues, trace (and density) of mini-batch Hessians for several batch sizes.
@@ -69,7 +69,8 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         batch_sizes: sizes B < N (default: powers of two from N // 8 to N // 2, at least 2).
         num_batches: disjoint random mini-batches per size (fewer when N / B is smaller).
         mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); one subset.
-        max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run).
+        max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run); the
+            residual bound ``tol * max|lambda|`` (default 1e-2) is far below the batch-to-batch spread.
         trace_matvecs: Hutch++ products per Hessian (0: no trace).
         density_steps: SLQ steps (2 runs) per Hessian, averaged into a density per B (0: none).
         adam: also the Adam-preconditioned Hessian ``P^-1/2 H P^-1/2``, ``P = diag(sqrt(v_B)+eps)``.
@@ -91,6 +92,8 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         ``2 * density_steps`` for the density, and with ``adam`` the same eigenvalue budget again
         plus one gradient per mini-batch. The full-data Hessian holds the whole data set's graph.
     """
+    check_choice("mode", mode, MODES)
+    check_choice("kind", kind, KINDS)
     x, y = _source(batch)
     n = x.shape[0]
     if batch_sizes is None:

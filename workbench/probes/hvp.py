@@ -112,6 +112,9 @@ class CurvatureOperator:
         with torch.enable_grad():
             out, loss = forward_loss(model, batch, loss_fn)
             self.loss = float(loss.detach())
+            # Buffers a backward mutates (PowerNorm's ema_gz) are reset to their post-forward
+            # values before every backward, so all products see one fixed matrix.
+            self._buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
             if kind == "hessian":
                 g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                 self._g = _flat(g, self.params)
@@ -121,12 +124,23 @@ class CurvatureOperator:
                 self._go = torch.autograd.grad(loss, out, create_graph=True)[0]  # dL/d(out)
                 g = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
                 self.grad = _flat(g, self.params).detach()
+                self._reset_buffers()
                 # J^T u as a (linear) function of a dummy u: its vjp in u gives J v.
                 self._u = torch.zeros_like(out, requires_grad=True)
                 jtu = torch.autograd.grad(out, self.params, self._u, create_graph=True, allow_unused=True)
                 self._jtu = _flat(jtu, self.params)
-        # Buffers a backward mutates (PowerNorm's ema_gz) are reset before each product.
-        self._buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+        # PowerNorm's backward is affine, not linear, in its cotangent (it subtracts a running
+        # statistic); products then carry a constant offset, measured once and removed.
+        self._offset = None
+        if mode == "train" and any(type(m).__name__ == "PowerNorm" for m in model.modules()):
+            if kind == "hessian":
+                warnings.warn("PowerNorm's approximate backward makes the train-mode Hessian the "
+                              "non-symmetric Jacobian of its approximate gradient; eigenvalue "
+                              "probes assume symmetry. Use kind='ggn' (symmetric) or mode='eval'.",
+                              stacklevel=3)
+            with torch.enable_grad():
+                self._offset = self._apply(torch.zeros(self.dim, dtype=self.dtype, device=self.device),
+                                           False).detach()
         self._batched = True
 
     def _reset_buffers(self) -> None:
@@ -142,6 +156,10 @@ class CurvatureOperator:
         return res
 
     def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
+        out = self._apply_affine(v, batched)
+        return out if getattr(self, "_offset", None) is None else out - self._offset
+
+    def _apply_affine(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
         self._reset_buffers()
         if self.kind == "hessian":
             if not self._g.requires_grad:  # loss linear in these parameters

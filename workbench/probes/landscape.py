@@ -28,8 +28,17 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
-from ._directions import (MODES, assign, filter_normalize, flatten, random_direction,
-                          restore_buffers, snapshot_buffers, to_flat_vectors, trainable, unflatten)
+from ._directions import (
+    MODES,
+    filter_normalize,
+    flatten,
+    random_direction,
+    restore_buffers,
+    snapshot_buffers,
+    to_flat_vectors,
+    trainable,
+    unflatten,
+)
 
 DIRECTIONS = ("random", "checkpoint", "hessian")
 COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged", "alpha", "beta"]
@@ -59,14 +68,15 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
             sees the buffers the model had when the probe started.
         seed: seed of the random directions (a private generator: the global RNG is untouched).
         ignore_1d: zero the random directions on one-dimensional parameters (biases, gains).
-        points_per_call: grid points per batched (vmap) forward; 1 evaluates them one by one,
-            which is as fast on a CPU (41x41 on the digits MLP, batch 256: 0.5 s either way);
-            batching pays where per-call overhead dominates (small models on a GPU).
+        points_per_call: grid points per batched (vmap) forward; 1 evaluates them one by one.
+            On a CPU both are bound by the forward passes (41x41 on the digits MLP, batch 128:
+            ~0.25 s either way); batching is meant for small models on a GPU, where per-call
+            overhead dominates (not measured here).
 
     Returns:
         One row per grid point: ``metric="loss"``, ``layer=""``, the coordinates in ``alpha`` and
-        ``beta`` (NaN for a line), ``iters`` the number of points, ``hvps`` those spent finding
-        Hessian directions.
+        ``beta`` (NaN for a line), ``iters`` the number of points, ``hvps`` and ``converged``
+        those of the eigensolver that found Hessian directions.
 
     Note:
         Cost: ``steps**dims`` forward passes (no backward), plus the eigensolver's Hessian-vector
@@ -87,7 +97,7 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
     named = trainable(model)
     params = [p for _, p in named]
     x, y = batch
-    hvps, dirs, buffer_dir = 0, [], None
+    hvps, converged, dirs, buffer_dir = 0, True, [], None
     gen = torch.Generator().manual_seed(seed)
     if direction == "checkpoint":
         state = other.state_dict() if isinstance(other, torch.nn.Module) else other
@@ -106,7 +116,7 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
                              "direction='random' or 'checkpoint'") from err
         frame, vectors = hessian_top_eigs(model, batch, loss_fn, k=dims, mode=mode,
                                           return_vectors=True)
-        hvps = int(frame["hvps"].max()) if "hvps" in frame and len(frame) else 0
+        hvps, converged = int(frame["hvps"].max()), bool(frame["converged"].all())
         dirs = [v / v.norm() for v in to_flat_vectors(vectors, named)[:dims]]
     while len(dirs) < dims:
         dirs.append(flatten(filter_normalize(random_direction(params, gen), params, ignore_1d=ignore_1d)))
@@ -118,7 +128,7 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
         model.train(mode == "train")
         losses = _evaluate(model, named, dirs, buffer_dir, coords, x, y, loss_fn, points_per_call)
     frame = pd.DataFrame({"probe": "landscape", "metric": "loss", "layer": "", "value": losses,
-                          "hvps": hvps, "iters": len(coords), "converged": True,
+                          "hvps": hvps, "iters": len(coords), "converged": converged,
                           "alpha": coords[:, 0].tolist(),
                           "beta": coords[:, 1].tolist() if dims == 2 else float("nan")})
     return frame[COLUMNS]
@@ -137,11 +147,23 @@ def _evaluate(model, named, dirs, buffer_dir, coords, x, y, loss_fn, chunk) -> l
             return _evaluate_batched(model, named, w0, D, buffer_dir, b0, C, x, y, loss_fn, chunk)
         except RuntimeError:  # torch.func cannot batch this model (e.g. PowerNorm in train mode)
             pass
-    out = []
+    # One point per call: w = w0 + a d1 (+ b d2) written into the parameters with three fused
+    # (foreach) ops, only for the parameters a direction moves; buffers reset only in train mode
+    # (eval forwards do not touch them).
+    dirs_p = [unflatten(d, params) for d in dirs]
+    moving = [i for i in range(len(params)) if any(bool(dp[i].any()) for dp in dirs_p)]
+    ps = [params[i] for i in moving]
+    w0s = [params[i].detach().clone() for i in moving]
+    ds = [[dp[i] for i in moving] for dp in dirs_p]
     named_buffers = dict(model.named_buffers())
-    for c in C:
-        assign(params, w0 + c @ D)
-        restore_buffers(buffers)
+    out = []
+    for c in C.tolist():
+        if ps:
+            torch._foreach_copy_(ps, w0s)
+            for coef, d in zip(c, ds):
+                torch._foreach_add_(ps, d, alpha=coef)
+        if model.training:
+            restore_buffers(buffers)
         for n, d in (buffer_dir or {}).items():
             named_buffers[n].copy_(b0[n] + c[0] * d)
         out.append(loss_fn(model(x), y).detach())

@@ -38,7 +38,7 @@ def steps_to_target(frame: pd.DataFrame, target: float, *, metric: str = "loss",
 
     Returns:
         One row per run: ``run_id, steps_to_target, examples_to_target`` (NaN: never reached).
-        ``steps_to_target`` counts updates (step index + 1); examples come from the ``examples`` metric.
+        ``steps_to_target`` counts updates; examples come from the ``examples`` metric.
     """
     rows = frame[(frame.probe == probe) & (frame.metric == metric)]
     examples = frame[(frame.probe == "train") & (frame.metric == "examples")].set_index(["run_id", "step"])["value"]
@@ -48,20 +48,23 @@ def steps_to_target(frame: pd.DataFrame, target: float, *, metric: str = "loss",
         smooth = r["value"].astype(float).rolling(window, min_periods=window).mean()
         hit = np.flatnonzero((smooth <= target).to_numpy())
         if len(hit):
-            step = int(r["step"].iloc[hit[0]])
-            out.append((run_id, step + 1, float(examples.get((run_id, step), np.nan))))
+            # a train row at step s is the loss before update s+1; an eval row at step s follows s updates
+            updates = int(r["step"].iloc[hit[0]]) + (probe == "train")
+            out.append((run_id, updates, float(examples.get((run_id, updates - 1), np.nan))))
         else:
             out.append((run_id, np.nan, np.nan))
     return pd.DataFrame(out, columns=["run_id", "steps_to_target", "examples_to_target"])
 
 
 def runs_table(store: RunStore | str, run_ids=None, *, target_loss: float | None = None,
-               window: int = 5) -> pd.DataFrame:
+               target_probe: str = "train", window: int = 5) -> pd.DataFrame:
     """One row per stored run: status, config fields as dotted columns, final metrics.
 
     Columns: ``run_id, status, error, steps_done`` + ``model.norm, batch_size, lr, ...`` +
     ``final_train_loss`` (mean of the last ``window`` steps), ``final_eval_loss``,
-    ``final_eval_accuracy`` and, with ``target_loss``, ``steps_to_target, examples_to_target``.
+    ``final_eval_accuracy`` and, with ``target_loss``, ``steps_to_target, examples_to_target``
+    (:func:`steps_to_target` on the ``target_probe`` loss: ``train``, smoothed over ``window``
+    steps, or ``eval``, the test loss every ``eval_every`` steps, unsmoothed).
 
     Note:
         Reads every run's rows once: about a millisecond per small run.
@@ -82,7 +85,9 @@ def runs_table(store: RunStore | str, run_ids=None, *, target_loss: float | None
     table = pd.DataFrame(rows)
     if target_loss is not None and len(table):
         frame = pd.concat([f for f in frames if len(f)], ignore_index=True)
-        table = table.merge(steps_to_target(frame, target_loss, window=window), on="run_id", how="left")
+        reached = steps_to_target(frame, target_loss, probe=target_probe,
+                                  window=window if target_probe == "train" else 1)
+        table = table.merge(reached, on="run_id", how="left")
     return table
 
 

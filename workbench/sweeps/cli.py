@@ -9,6 +9,8 @@ import sys
 
 from .executors import EXECUTORS
 
+SHOW = 20  # rows of the final-loss table printed; analysis.final_metric_table has them all
+
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     s = subparsers.add_parser("sweep", help="run a sweep file (resumable), then print its analyses")
@@ -31,16 +33,20 @@ def _print_analyses(sweep, store: str, run_ids: list[str]) -> None:
 
     opts = sweep.analysis
     by = opts.get("by", ["model.norm"])
-    table = analysis.runs_table(store, run_ids, target_loss=opts.get("target_loss"))
+    table = analysis.runs_table(store, run_ids, target_loss=opts.get("target_loss"),
+                                target_probe=opts.get("target_probe", "train"))
     if table.empty:
         return
     with pd.option_context("display.width", 160, "display.max_columns", None):
         fmt = lambda v: f"{v:.4g}"  # noqa: E731
-        print("\nfinal train loss over seeds:")
-        print(analysis.final_metric_table(table).to_string(index=False, float_format=fmt))
+        final = analysis.final_metric_table(table).sort_values("mean", ignore_index=True)
+        more = f" (the best {SHOW} of {len(final)} configs)" if len(final) > SHOW else ""
+        print(f"\nfinal train loss over seeds{more}:")
+        print(final.head(SHOW).to_string(index=False, float_format=fmt))
         if "target_loss" in opts and table["batch_size"].nunique() > 1:
             steps = analysis.steps_vs_batch(table, by=by)
-            print(f"\nsteps to train loss {opts['target_loss']} vs batch size (best lr per batch size):")
+            print(f"\nsteps to {opts.get('target_probe', 'train')} loss {opts['target_loss']} vs batch size "
+                  f"(best lr per batch size):")
             print(steps.to_string(index=False, float_format=fmt))
             print("\ncritical batch size, fit of (S/S_min - 1)(E/E_min - 1) = 1:")
             print(analysis.critical_batch(steps, by=by).to_string(index=False, float_format=fmt))

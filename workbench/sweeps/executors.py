@@ -137,7 +137,11 @@ class DaskExecutor:
         if client is not None:
             self.client = client
         elif scheduler:
-            self.client = distributed.Client(scheduler)
+            try:
+                self.client = distributed.Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"cannot reach the Dask scheduler {scheduler!r} ({exc}); start one with "
+                                 f"'dask scheduler' and workers with 'dask worker {scheduler}'") from None
         else:
             n = workers or os.cpu_count() or 1
             check_positive("workers", n, integer=True)

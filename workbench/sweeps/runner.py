@@ -179,8 +179,7 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
                                   key=f"train-{cfg.run_id}-{attempts[cfg.run_id]}")] = cfg
                 log.write("submit", sweep=sweep.name, run_id=cfg.run_id)
             if bar is not None:
-                bar.set_postfix_str(_postfix(result.counts, min(len(pending), getattr(ex, "workers", None)
-                                                                or len(pending))), refresh=True)
+                bar.set_postfix_str(_postfix(result.counts, _running(ex, pending)), refresh=True)
             for fut in ex.wait(set(pending), timeout=1.0):
                 cfg = pending.pop(fut)
                 try:
@@ -207,6 +206,7 @@ def run_sweep(sweep: Sweep, store: RunStore | str = "data/runs", executor="local
                 if run.status == "failed":
                     result.errors[run.run_id] = run.error
                 if bar is not None:
+                    bar.set_postfix_str(_postfix(result.counts, _running(ex, pending)), refresh=False)
                     bar.update(1)
     except KeyboardInterrupt:
         result.interrupted = True
@@ -228,6 +228,11 @@ def _failed(cfg, error: str) -> Run:
     return Run(run_id=cfg.run_id, config=cfg.to_dict(), status="failed", error=error,
                started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                meta={"executor_error": True})
+
+
+def _running(ex, pending) -> int:
+    """Runs in flight that a worker is training (the rest wait in the executor's queue)."""
+    return min(len(pending), getattr(ex, "workers", None) or len(pending))
 
 
 def _postfix(counts: Counter, running: int) -> str:

@@ -21,6 +21,7 @@ from ..models import MODELS
 from ..train import TrainConfig
 
 SWEEP_KEYS = ("name", "base", "grid", "extra", "seeds", "analysis")
+ANALYSIS_KEYS = ("target_loss", "target_probe", "by", "lr_by")  # read by ``python -m workbench sweep``
 _DICT_FIELDS = ("model.norm_options", "data.options")  # free-form: their keys are checked by the config
 
 
@@ -131,8 +132,8 @@ class Sweep:
                 raise ValueError(f"sweep field 'seeds' expects non-negative integers, got {s!r}")
         if not self.grid and not self.extra:
             raise ValueError("sweep grid is empty: give 'grid' fields with values, or 'extra' configs")
-        kinds = [v for v in self.grid.get("model.kind", []) if isinstance(v, str)] if isinstance(
-            self.grid.get("model.kind"), list) else []
+        kinds = self.grid.get("model.kind", [])  # a swept model class brings its own fields
+        kinds = [k for k in (kinds if isinstance(kinds, list) else [kinds]) if isinstance(k, str)]
         kinds += [r.get("model.kind") for r in self.extra if isinstance(r, dict)]
         fields = valid_fields(self.base, kinds)
         for path, values in self.grid.items():
@@ -206,6 +207,10 @@ class Sweep:
         analysis = d.get("analysis") or {}
         if not isinstance(analysis, dict):
             raise ValueError(f"sweep field 'analysis' expects a mapping, got {analysis!r}")
+        unknown = sorted(set(analysis) - set(ANALYSIS_KEYS))
+        if unknown:
+            raise ValueError(f"unknown analysis key(s) {', '.join(map(repr, unknown))}; "
+                             f"valid keys: {', '.join(ANALYSIS_KEYS)}")
         name = d.get("name", "sweep")
         if not isinstance(name, str):
             raise ValueError(f"sweep field 'name' expects a string, got {name!r}")

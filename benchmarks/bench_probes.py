@@ -1,0 +1,182 @@
+"""Probe costs: each probe in training steps, the 2-D landscape against ``loss-landscapes``, and
+the overhead of the ``standard`` preset on a training run at its default schedule.
+
+1. Every registered probe on one model and batch (a residual BatchNorm MLP on digits, so every
+   probe applies), median seconds per call divided by the median seconds of one SGD training
+   step (forward, backward, update) on the same model and batch.
+2. A 41x41 filter-normalized random plane on the digits MLP in eval mode: ``landscape`` (one point
+   per call, and batched) against ``loss_landscapes.random_plane`` (marcellodebernardi/
+   loss-landscapes) on the same model, batch and grid, interleaved. The peer is never installed
+   in the project venv: point ``--peer-site`` at the site-packages of a scratch venv holding it
+   (``python -m venv /tmp/ll && /tmp/ll/bin/pip install --no-deps loss-landscapes``); without it
+   this part prints a note (for ``make bench``, export ``NORMLAB_PEER_SITE`` instead).
+3. ``train(cfg)`` against ``train(cfg, probes="standard")`` (default schedule: every steps//10),
+   interleaved rounds, medians of the step-loop wall time; then each standard probe alone, to
+   attribute the overhead. Target: under 10%.
+
+One torch thread (peers.md §5: two threads are erratic on this machine kind).
+
+    python benchmarks/bench_probes.py [--reps 5] [--steps 400] [--rounds 5] [--peer-site PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from workbench.data import DataConfig, make_dataset
+from workbench.models import MLPConfig, build_model, fit_to_data
+from workbench.probes import PRESETS, PROBES
+from workbench.probes.landscape import landscape
+from workbench.train import TrainConfig, train
+
+DIGITS = DataConfig(name="digits", n_train=1438, n_test=359)
+
+
+def _median_time(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _model(ds, **fields):
+    torch.manual_seed(0)
+    return build_model(fit_to_data(MLPConfig(**fields), ds.input_shape, ds.num_outputs, ds.task))
+
+
+def probe_costs(ds, batch_size: int, reps: int) -> None:
+    model = _model(ds, depth=3, width=64, norm="batch", residual=True).train()
+    batch = (ds.x_train[:batch_size], ds.y_train[:batch_size])
+    trained = copy.deepcopy(model)
+    opt = torch.optim.SGD(trained.parameters(), lr=0.05, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = ds.loss_fn(trained(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    t_step = _median_time(lambda: [step() for _ in range(20)], reps) / 20
+    print(f"\n1. probe cost, residual BN MLP d3 w64 on digits, batch {batch_size}: "
+          f"one training step = {t_step * 1e3:.3f} ms (median of {reps})")
+    print(f"{'probe':24s} {'ms/call':>10s} {'train steps':>12s}")
+    for name, fn in PROBES.items():
+        try:
+            t = _median_time(lambda fn=fn: fn(model, batch, ds.loss_fn), reps)
+        except Exception as err:  # a probe another engineer is still writing must not stop the rest
+            print(f"{name:24s} failed: {type(err).__name__}: {err}")
+            continue
+        print(f"{name:24s} {t * 1e3:10.2f} {t / t_step:12.1f}")
+
+
+def _sgd(model, ds, steps: int, batch_size: int):
+    """A few SGD steps, so the landscape is taken at trained weights (and BN shifts are nonzero:
+    loss-landscapes' filter normalization divides by zero on an all-zero 1-D parameter)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, ds.n_train, (batch_size,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        ds.loss_fn(model(ds.x_train[idx]), ds.y_train[idx]).backward()
+        opt.step()
+    return model
+
+
+def landscape_vs_peer(ds, batch_size: int, reps: int, peer_site: str | None) -> None:
+    model = _sgd(_model(ds, depth=3, width=64, norm="batch").train(), ds, 100, 32).eval()
+    x, y = ds.x_train[:batch_size], ds.y_train[:batch_size]
+    steps = 41
+    print(f"\n2. 2-D landscape {steps}x{steps}, MLP d3 w64 BN (eval, after 100 SGD steps) on digits, "
+          f"batch {batch_size}")
+    ours = _median_time(lambda: landscape(model, (x, y), ds.loss_fn, steps=steps, mode="eval"), reps)
+    ours_b = _median_time(lambda: landscape(model, (x, y), ds.loss_fn, steps=steps, mode="eval",
+                                            points_per_call=steps), reps)
+    print(f"  workbench landscape, 1 point/call   {ours:8.3f} s  ({ours / steps**2 * 1e3:.3f} ms/point)")
+    print(f"  workbench landscape, {steps} points/call  {ours_b:8.3f} s  "
+          f"({ours_b / steps**2 * 1e3:.3f} ms/point)")
+    if peer_site:
+        sys.path.append(peer_site)
+    try:
+        import loss_landscapes
+        import loss_landscapes.metrics
+    except ImportError:
+        print("  loss-landscapes not importable: no comparison (install it in a scratch venv and "
+              "pass --peer-site <its site-packages>)")
+        return
+    metric = loss_landscapes.metrics.Loss(ds.loss_fn, x, y)
+
+    def peer():
+        torch.manual_seed(0)  # it draws its directions from the global RNG
+        loss_landscapes.random_plane(model, metric, distance=1, steps=steps,
+                                     normalization="filter", deepcopy_model=True)
+
+    rounds = {"ours": [], "peer": []}
+    peer()
+    for _ in range(2 * reps):  # interleaved
+        rounds["ours"].append(_median_time(
+            lambda: landscape(model, (x, y), ds.loss_fn, steps=steps, mode="eval"), 1, warmup=0))
+        rounds["peer"].append(_median_time(peer, 1, warmup=0))
+    o, p = statistics.median(rounds["ours"]), statistics.median(rounds["peer"])
+    o_min, p_min = min(rounds["ours"]), min(rounds["peer"])
+    print(f"  loss-landscapes random_plane        {p:8.3f} s  ({p / steps**2 * 1e3:.3f} ms/point)")
+    print(f"  interleaved, median (min) of {2 * reps}: workbench {o:.3f} s ({o_min:.3f}) vs "
+          f"loss-landscapes {p:.3f} s ({p_min:.3f}) -> speed-up {p / o:.2f}x ({p_min / o_min:.2f}x) "
+          "(target: > 1)")
+
+
+def preset_overhead(steps: int, rounds: int) -> None:
+    cfg = TrainConfig(model=MLPConfig(depth=3, width=64, norm="batch"), data=DIGITS,
+                      batch_size=32, steps=steps, eval_every=0)
+    preset = PRESETS["standard"]
+    print(f"\n3. overhead of the 'standard' preset {preset} on a {steps}-step run "
+          f"(MLP d3 w64 BN, digits, B=32, probes every {max(1, steps // 10)} steps)")
+
+    def wall(probes):
+        return train(cfg, probes=probes).metric("wall_time").iloc[-1]
+
+    wall(None), wall("standard")  # warm-up
+    variants = {"none": None, "standard": "standard", **{name: [name] for name in preset}}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):  # interleaved: every variant once per round
+        for k, probes in variants.items():
+            times[k].append(wall(probes))
+    b_med, b_min = statistics.median(times["none"]), min(times["none"])
+    print(f"  {'probes':24s} {'median s':>9s} {'overhead':>9s} {'min s':>7s} {'overhead':>9s}")
+    for k, ts in times.items():
+        med, lo = statistics.median(ts), min(ts)
+        print(f"  {k:24s} {med:9.3f} {100 * (med / b_med - 1):8.1f}% {lo:7.3f} "
+              f"{100 * (lo / b_min - 1):8.1f}%")
+    print("  target: standard under 10% of training time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--peer-site", default=os.environ.get("NORMLAB_PEER_SITE"),
+                    help="site-packages of a scratch venv with loss-landscapes installed "
+                         "(default: $NORMLAB_PEER_SITE)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    ds = make_dataset(DIGITS)
+    probe_costs(ds, args.batch, args.reps)
+    landscape_vs_peer(ds, args.batch, args.reps, args.peer_site)
+    preset_overhead(args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

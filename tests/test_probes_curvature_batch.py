@@ -1,0 +1,138 @@
+"""hessian_vs_batch_size against the spiked least-squares closed form (papers.md §2.2), and
+gradient_noise_scale against brute-force per-example gradients and a dense Hessian."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.models import MLPConfig, build_model
+from workbench.probes import gradient_noise_scale, hessian_top_eigs, hessian_vs_batch_size
+from workbench.probes.gradient_noise_scale import per_example_grads
+
+CE = F.cross_entropy
+
+
+def half_mse(out, y):
+    return 0.5 * F.mse_loss(out, y)  # H_B = X_B^T X_B / B for a linear model
+
+
+def test_spiked_least_squares_follows_bbp_prediction():
+    d, theta, n = 100, 5.0, 20000
+    g = torch.Generator().manual_seed(0)
+    scale = torch.ones(d, dtype=torch.float64)
+    scale[0] = theta ** 0.5
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    sizes = [16, 32, 64, 128, 256, 512, 1024]
+    f = hessian_vs_batch_size(model, (x, y), half_mse, batch_sizes=sizes, num_batches=20,
+                              trace_matvecs=0, adam=False, tol=1e-4, max_iter=100)
+    v = f.set_index(["metric", "batch_size"]).value
+    for b in sizes:
+        bbp = theta * (1 + (d / b) / (theta - 1))
+        assert v["lambda_max_mean", b] == pytest.approx(bbp, rel=0.10), b
+        assert v["lr_max_sgd", b] == pytest.approx(2 / v["lambda_max_mean", b])
+    assert v["lambda_max", n] == pytest.approx(theta, rel=0.05)  # the full-data Hessian
+    fits = f[f.batch_size.isna()].set_index("metric").value
+    assert fits["fit_lambda_full"] == pytest.approx(theta, rel=0.10)
+    assert fits["fit_c"] == pytest.approx(theta * d / (theta - 1), rel=0.25)
+    bbp_lr = [2 / (theta * (1 + (d / b) / (theta - 1))) for b in sizes]  # linear, then saturating
+    slope = np.polyfit(np.log(sizes), np.log(bbp_lr), 1)[0]
+    assert fits["lr_sgd_exponent"] == pytest.approx(slope, abs=0.05)
+    assert f[f.metric.str.endswith("_std")].value.ge(0).all()
+
+
+def test_batch_size_probe_rows_and_adam_preconditioning():
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(depth=2, width=8, norm="batch", in_dim=5, out_dim=3)).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (64,), generator=g)
+    f = hessian_vs_batch_size(model, (x, y), CE, batch_sizes=[8, 16, 32], num_batches=2, density_steps=10)
+    v = f.set_index(["metric", "batch_size"]).value
+    for b in (8, 16, 32):
+        assert v["lambda_max_mean", b] >= v["lambda_min_mean", b]
+        assert np.isfinite(v["adam_lambda_max_mean", b]) and v["lr_max_adam", b] > 0
+    full = hessian_top_eigs(model, (x, y), CE, tol=1e-8)
+    assert v["lambda_max", 64] == pytest.approx(full[full.metric == "eigenvalue"].value.item(), rel=1e-3)
+    dens = f[f.metric == "density"]
+    assert set(dens.batch_size) == {8, 16, 32, 64} and dens.value.ge(0).all()
+    assert {"lr_sgd_exponent", "lr_adam_exponent", "fit_r2"} <= set(f.metric)
+    with pytest.raises(ValueError, match="must be smaller than"):
+        hessian_vs_batch_size(model, (x, y), CE, batch_sizes=[64])
+
+
+def _model(norm):
+    torch.manual_seed(0)
+    return build_model(MLPConfig(depth=2, width=8, norm=norm, in_dim=5, out_dim=3)).double()
+
+
+def _batch(n=24):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def brute_force(model, x, y, mode):
+    """Per-example gradients by one backward per example through the shared batch forward."""
+    model.train(mode == "train")
+    out = model(x)
+    rows = []
+    for i in range(x.shape[0]):
+        gr = torch.autograd.grad(CE(out[i:i + 1], y[i:i + 1]), list(model.parameters()), retain_graph=True)
+        rows.append(torch.cat([t.reshape(-1) for t in gr]))
+    return torch.stack(rows).detach()
+
+
+@pytest.mark.parametrize(("norm", "mode"), [("none", "train"), ("batch", "train"), ("batch", "eval")])
+def test_b_simple_matches_brute_force(norm, mode):
+    model, (x, y) = _model(norm), _batch()
+    ref_model = _model(norm)
+    ref_model.load_state_dict(model.state_dict())
+    G = brute_force(ref_model, x, y, mode)
+    n = x.shape[0]
+    gbar = G.mean(0)
+    tr = float(((G - gbar) ** 2).sum() / (n - 1))
+    g2 = float(gbar @ gbar)
+    f = gradient_noise_scale(model, (x, y), CE, mode=mode, small_batch=6)
+    v = f[f.layer == "all"].set_index("metric").value
+    assert v["trace_cov"] == pytest.approx(tr, rel=1e-8)
+    assert v["b_simple"] == pytest.approx(tr / g2, rel=1e-8)
+    assert v["b_simple_unbiased"] == pytest.approx(tr / (g2 - tr / n), rel=1e-8)
+    # The per-example gradients average to the batch gradient (through the batch statistics).
+    ref_model.train(mode == "train")
+    batch_grad = torch.cat([t.reshape(-1) for t in torch.autograd.grad(CE(ref_model(x), y),
+                                                                       list(ref_model.parameters()))])
+    torch.testing.assert_close(gbar, batch_grad)
+    grads, method = per_example_grads(model, (x, y), CE, mode=mode)
+    torch.testing.assert_close(grads, G)
+    assert method == "torch.func"
+    # Two batch sizes: |G_s|^2 averaged over the 4 sub-batches of 6, |G_b|^2 the whole batch.
+    gs2 = []
+    for i in range(0, n, 6):
+        gr = torch.autograd.grad(CE(ref_model(x[i:i + 6]), y[i:i + 6]), list(ref_model.parameters()))
+        gs2.append(float(sum(t.pow(2).sum() for t in gr)))
+    gs2, gb2 = np.mean(gs2), float(batch_grad @ batch_grad)
+    assert v["trace_cov_two_batch"] == pytest.approx((gs2 - gb2) / (1 / 6 - 1 / n), rel=1e-8)
+    assert v["grad_norm_sq_two_batch"] == pytest.approx((n * gb2 - 6 * gs2) / (n - 6), rel=1e-8)
+    # B_noise = tr(H Sigma) / (G^T H G) with the dense Hessian (rows by double backward).
+    ps = list(ref_model.parameters())
+    gg = torch.cat([t.reshape(-1) for t in torch.autograd.grad(CE(ref_model(x), y), ps, create_graph=True)])
+    H = torch.stack([torch.cat([t.reshape(-1) for t in torch.autograd.grad(gg, ps, e, retain_graph=True)])
+                     for e in torch.eye(gg.numel(), dtype=torch.float64)])
+    sigma = (G - gbar).T @ (G - gbar) / (n - 1)
+    assert v["b_noise"] == pytest.approx(float(torch.trace(H @ sigma) / (gbar @ H @ gbar)), rel=1e-6)
+    var = ((G - gbar) ** 2).sum(0) / (n - 1)
+    r = (gbar**2 / var)[var > 1e-12 * var.max()]  # noise-free coordinates left out
+    assert v["gsnr"] == pytest.approx(float(r.mean()), rel=1e-6)
+    head = f[(f.metric == "gsnr") & (f.layer == "head.weight")].value.item()
+    k = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head"))
+    assert head == pytest.approx(float((gbar[k:k + 24] ** 2 / var[k:k + 24]).mean()), rel=1e-6)
+
+
+def test_noise_scale_falls_back_for_powernorm_and_rejects_bad_batches():
+    model, (x, y) = _model("power"), _batch()
+    grads, method = per_example_grads(model, (x, y), CE, mode="train")
+    assert method == "loop" and grads.shape[0] == 24
+    with pytest.raises(ValueError, match="at least 2"):
+        gradient_noise_scale(model, (x[:1], y[:1]), CE)
+    with pytest.raises(ValueError, match="small_batch=24"):
+        gradient_noise_scale(model, (x, y), CE, small_batch=24)
