@@ -15,53 +15,23 @@ from pathlib import Path
 import panel as pn
 import param
 
-from ..data import DATASETS, DataConfig
 from ..models import MODELS
-from ..norms import NORMS, norm_layouts
 from ..store import Run, RunStore
 from ..train import OPTIMIZERS, CancelToken, TrainConfig, train
-from ..train.config import DATASET_INPUTS, MODEL_INPUTS
 from ..viz.curves import diverged_marker, live_loss_figure
 
-MAX_STEPS = 2000  # per run: keeps one session from holding the machine for long
-REFRESH_MS = 200
-DEFAULT_NORM = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}
-DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
-SAVED_STATUSES = ("finished", "diverged")  # complete results; cancelled/failed runs are not kept
-
-# One run at a time per server process: the trainer seeds the global RNGs, so two concurrent
-# runs would change each other's initialisation (and a run id promises a reproducible run);
-# the machine has few cores anyway.
-_TRAINING = threading.Lock()
-
-
-def norms_for(kind: str) -> list[str]:
-    """The norms a model kind can use: those with its layout that its config accepts."""
-    config_cls = MODELS[kind][0]
-    out = []
-    for name in NORMS:
-        if config_cls.layout not in norm_layouts(name):
-            continue
-        try:
-            config_cls(norm=name)
-        except ValueError:  # e.g. a transformer takes only some token norms
-            continue
-        out.append(name)
-    return out
-
-
-def datasets_for(kind: str) -> list[str]:
-    """The data sets whose inputs (features, images, tokens) a model kind can take."""
-    return [d for d in DATASETS if DATASET_INPUTS[d] in MODEL_INPUTS[kind]]
-
-
-def data_config(name: str) -> DataConfig:
-    """Default sizes (2048 train, 512 test), or an 80/20 split of a data set that has fewer."""
-    cap, default = DATASETS[name].max_examples, DataConfig()
-    if cap is not None and cap < default.n_train + default.n_test:
-        n_train = round(cap * 0.8)
-        return DataConfig(name=name, n_train=n_train, n_test=cap - n_train)
-    return DataConfig(name=name)
+# Helpers, limits and the server-wide training slots are shared with the other dashboards.
+from ._jobs import (  # noqa: E402
+    DEFAULT_DATA,
+    DEFAULT_NORM,
+    MAX_STEPS,
+    REFRESH_MS,
+    SAVED_STATUSES,
+    SLOTS,
+    data_config,
+    datasets_for,
+    norms_for,
+)
 
 
 class LiveTraining(pn.viewable.Viewer):
@@ -157,9 +127,9 @@ class LiveTraining(pn.viewable.Viewer):
             self._show_error(str(exc))
             self.status.object = "not started: fix the value above"
             return False
-        if not _TRAINING.acquire(blocking=False):
-            self._show_error("another run is training on this server (one at a time); "
-                             "press Train again when it has finished")
+        if not SLOTS.try_acquire():
+            self._show_error(f"all {SLOTS.capacity} training slots on this server are busy; "
+                             "press Train again when one frees up")
             return False
         self.alert.visible = False
         self._config = cfg
@@ -179,7 +149,7 @@ class LiveTraining(pn.viewable.Viewer):
         try:
             self._thread.start()
         except BaseException:
-            _TRAINING.release()
+            SLOTS.release()
             raise
         self._start_periodic()
         return True
@@ -214,7 +184,7 @@ class LiveTraining(pn.viewable.Viewer):
             run = Run(run_id=cfg.run_id, config=cfg.to_dict(), status="failed",
                       error=f"{type(exc).__name__}: {exc}")
         finally:
-            _TRAINING.release()
+            SLOTS.release()
             with self._lock:  # last: once the result is visible, the worker is done
                 self._result, self._saved = run, saved
 
@@ -319,10 +289,10 @@ def wait_for(live: LiveTraining, timeout: float = 60.0) -> None:
 
 
 def serve_live(port: int, *, store_root: str | Path | None = None, address: str = "127.0.0.1"):
-    """Serve the live app at ``http://address:port/train_app`` from a background thread.
+    """Serve every dashboard (``/train_app``, ``/arena``, ``/runs`` ...) from a background thread.
 
     Returns Panel's server thread; call ``.stop()`` on it. ``/liveness`` answers once it is up.
     """
-    return pn.serve({"train_app": lambda: live_app(store_root=store_root)}, port=port,
-                    address=address, threaded=True, show=False, liveness=True,
-                    websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
+    from .server import serve_apps
+
+    return serve_apps(port, store_root=store_root, address=address)

@@ -1,0 +1,159 @@
+"""The Arena's state without a browser: lanes, presets, progress, Stop, bad input, divergence, queue."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("panel")
+
+from workbench.dashboard import _jobs, arena
+from workbench.dashboard.arena import Arena, Lane
+from workbench.dashboard.presets import PRESETS
+from workbench.store import RunStore
+
+
+@pytest.fixture
+def app(tmp_path):
+    a = Arena(store_root=tmp_path / "runs")
+    a.width, a.depth = 16, 2
+    yield a
+    a.stop()
+    a.join(10)
+
+
+def _run_to_end(a: Arena, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while a.running:
+        a.refresh()
+        assert time.monotonic() < deadline, "the arena did not finish in time"
+        time.sleep(0.02)
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
+    app.steps, app.probes, app.probe_every = 30, ["channel_health"], 10
+    app.lanes[1].norm = "layer"
+    assert app.start()
+    assert app.train_button.disabled and not app.stop_button.disabled
+    _run_to_end(app)
+    assert not app.train_button.disabled and app.stop_button.disabled
+    assert [len(app.loss_fig.data[i].x) for i in range(2)] == [30, 30]
+    assert [len(app.acc_fig.data[i].x) for i in range(2)] == [30, 30]
+    assert [app.progress[i].value for i in range(2)] == [30, 30]
+    assert list(app.probe_fig.data[0].x) == [0, 10, 20, 29]  # as they arrived, + the last
+    assert "channel_health" in app.probe_fig.layout.title.text
+    assert all("finished" in app.lane_status[i].object for i in range(2))
+    assert app.lane_status[2].object == "" and app.status.object.startswith("done")
+    store = RunStore(tmp_path / "runs")
+    assert len(store.run_ids()) == 2
+
+
+def test_stop_cancels_every_lane_within_a_second(app):
+    app.steps = 2000
+    assert app.start()
+    _wait(lambda: app.refresh() or app.progress[0].value >= 3)
+    t0 = time.monotonic()
+    app.stop()
+    app.join(5)
+    assert time.monotonic() - t0 < 1.0
+    _run_to_end(app, 5)
+    assert all("cancelled at step" in app.lane_status[i].object for i in range(2))
+    assert 3 <= len(app.loss_fig.data[0].x) < 2000
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda a: setattr(a.lanes[0], "batch_size", 100_000), "lane 1"),
+    (lambda a: setattr(a, "steps", 10**6), "steps must be at most"),
+    (lambda a: setattr(a, "width", 4096), "width must be at most"),
+    (lambda a: setattr(a.lanes[1], "lr", 0.0), "lr must be > 0"),
+    (lambda a: (setattr(a.lanes[1], "model", "transformer"), setattr(a.lanes[1], "norm", "group")),
+     "unknown transformer norm"),
+    (lambda a: setattr(a.lanes[0], "warmup_steps", 500), "warmup"),
+    (lambda a: a.lanes[0].param.update(model="transformer", ws=True), "weight standardization"),
+    (lambda a: [lane.param.update(enabled=False) for lane in a.lanes], "no lane is enabled"),
+])
+def test_bad_input_shows_a_message_and_starts_nothing(app, setup, message):
+    setup(app)
+    assert app.start() is False
+    assert not app.running and app.alert.visible
+    assert message in app.alert.object and "Traceback" not in app.alert.object
+    assert app.status.object.startswith("not started")
+
+
+def test_a_diverged_lane_is_marked_and_the_other_goes_on(app):
+    app.steps = 60
+    app.lanes[1].param.update(norm="none", lr=1e6)
+    assert app.start()
+    _run_to_end(app)
+    assert "diverged at step" in app.lane_status[1].object
+    assert "finished" in app.lane_status[0].object
+    markers = [t for t in app.loss_fig.data if t.mode == "markers"]
+    assert len(markers) == 1 and markers[0].marker.symbol == "x"
+    assert len(app.loss_fig.data[0].x) == 60
+
+
+def test_every_preset_sets_four_valid_distinct_lanes(app):
+    for name, spec in PRESETS.items():
+        app.preset = name
+        configs = app.build_configs()
+        assert [lane.label for lane in app.lanes] == [lane["label"] for lane in spec["lanes"]]
+        assert len({cfg.run_id for _, cfg in configs}) == 4, name
+        assert app.preset_doc.object == spec["doc"]
+    app.preset = "micro-batch: BN vs GN vs GN+WS vs BCN"
+    cfgs = dict(app.build_configs())
+    assert cfgs[3].model.norm == "batch_channel" and cfgs[3].model.ws and cfgs[0].micro_batch == 2
+
+
+def test_a_preset_trains_in_the_arena(app):
+    app.preset = "large batch: SGD vs LARS, Adam vs LAMB"
+    app.steps, app.width = 20, 16
+    assert app.start()
+    _run_to_end(app)
+    assert all("finished" in app.lane_status[i].object for i in range(4)), \
+        [s.object for s in app.lane_status]
+
+
+def test_queue_message_when_the_server_cap_is_reached(app, monkeypatch):
+    slots = _jobs.TrainingSlots(1)
+    monkeypatch.setattr(_jobs, "SLOTS", slots)
+    monkeypatch.setattr(arena, "SLOTS", slots)
+    app.steps = 2000
+    assert app.start()
+    _wait(lambda: app.refresh() or any("queued:" in s.object for s in app.lane_status))
+    assert slots.in_use == 1
+    app.stop()
+    app.join(5)
+    _run_to_end(app, 5)
+    assert slots.in_use == 0
+
+
+def test_closing_the_tab_stops_the_session(app):
+    app.steps = 2000
+    assert app.start()
+    _wait(lambda: app.refresh() or app.progress[0].value >= 1)
+    app.on_session_destroyed()
+    app.join(2)
+    _run_to_end(app, 5)
+    assert "cancelled" in app.lane_status[0].object
+
+
+def test_lane_choices_follow_the_model():
+    lane = Lane()
+    lane.model = "transformer"
+    assert lane.dataset == "markov" and lane.norm == "layer"
+    lane.model = "convnet"
+    assert lane.dataset in ("shapes", "digits") and lane.norm == "batch"
+
+
+def test_layout_has_lanes_buttons_and_plots():
+    page = arena.arena_app(store_root=None, template=False)
+    names = [type(obj).__name__ for obj in page.select()]
+    assert names.count("Progress") == 4 and names.count("Plotly") == 3
+    assert {"Button", "Alert", "Card", "CheckBoxGroup"} <= set(names)

@@ -1,0 +1,112 @@
+"""Curvature, Depth and Landscape state without a browser: train, measure, stop, bad input, divergence."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("panel")
+
+from workbench.dashboard.curvature import CurvatureLab, curvature_app
+from workbench.dashboard.depth import DepthLab, depth_app
+from workbench.dashboard.landscape import LandscapeLab, landscape_app
+
+LABS = [CurvatureLab, DepthLab, LandscapeLab]
+
+
+def _run_to_end(lab, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while lab.running:
+        lab.refresh()
+        assert time.monotonic() < deadline, "did not finish in time"
+        time.sleep(0.02)
+
+
+def _small(cls, tmp_path, **kw):
+    lab = cls(store_root=tmp_path / "runs")
+    lab.param.update(**{"width": 16, "steps": 30, **kw})
+    return lab
+
+
+def test_curvature_draws_spectra_lambda_law_lr_and_trace(tmp_path):
+    lab = _small(CurvatureLab, tmp_path, batch_sizes=[8, 32, 128], max_iter=20)
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.status.object == "done: finished" and not lab.alert.visible
+    density, lam, lr, trace = (p.object for p in lab.plots)
+    assert len(density.data) == 4  # three batch sizes + the full data
+    assert list(lam.data[0].x) == [8, 32, 128] and "fit" in lam.data[1].name
+    assert all(v > 0 for v in lr.data[0].y) and len(trace.data[0].x) == 3
+    assert len(lab.loss_fig.data[0].x) == 30
+
+
+def test_depth_heatmaps_per_placement(tmp_path):
+    lab = _small(DepthLab, tmp_path, depth=3, steps=20, probe_every=10,
+                 placements=["pre", "post"])
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.status.object == "done: finished"
+    pre, post = lab.heatmaps[0].object, lab.heatmaps[1].object
+    assert list(pre.data[0].x) == [0, 10, 19] and list(pre.data[0].y) == [0, 1, 2]
+    assert post.layout.title.text.startswith("post")
+    assert {t.name for t in lab.lines.object.data} == {"pre", "post"}
+    lab.metric = "grad_norm"  # redraws without retraining
+    assert "grad_norm" in lab.heatmaps[0].object.layout.title.text
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_landscape_line_contour_surface(tmp_path, dims):
+    lab = _small(LandscapeLab, tmp_path, dims=dims, grid=9, mode="eval")
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.status.object == "done: finished"
+    assert len(lab.line_plot.object.data[0].x) == 9
+    if dims == 2:
+        assert lab.surface_plot.object.data[0].z.shape == (9, 9)
+        assert lab.contour_plot.object.data[0].z.shape == (9, 9)
+
+
+@pytest.mark.parametrize("cls", LABS)
+def test_stop_within_a_second(cls, tmp_path):
+    lab = _small(cls, tmp_path, steps=2000)
+    assert lab.start()
+    deadline = time.monotonic() + 20
+    while not (lab.refresh() or lab.progress.value >= 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    lab.stop()
+    lab.join(5)
+    assert time.monotonic() - t0 < 1.0
+    _run_to_end(lab, 5)
+    assert "cancelled at step" in lab.status.object
+
+
+@pytest.mark.parametrize(("cls", "setup", "message"), [
+    (CurvatureLab, {"batch_sizes": []}, "at least one Hessian batch size"),
+    (CurvatureLab, {"batch_size": 5000}, "batch size must be at most"),
+    (DepthLab, {"placements": []}, "at least one LN placement"),
+    (DepthLab, {"norm": "group"}, "unknown transformer norm"),
+    (LandscapeLab, {"grid": 1000}, "grid points per axis"),
+    (LandscapeLab, {"lr": -1.0}, "lr must be > 0"),
+])
+def test_bad_input_is_a_message(cls, setup, message, tmp_path):
+    lab = _small(cls, tmp_path, **setup)
+    assert lab.start() is False and not lab.running
+    assert lab.alert.visible and message in lab.alert.object
+    assert lab.status.object.startswith("not started")
+
+
+def test_diverged_run_is_marked_and_not_measured(tmp_path):
+    lab = _small(CurvatureLab, tmp_path, norm="none", lr=1e6, steps=60)
+    assert lab.start()
+    _run_to_end(lab)
+    assert "diverged at step" in lab.status.object
+    assert lab.loss_fig.data[-1].marker.symbol == "x"
+    assert lab.result is None
+
+
+@pytest.mark.parametrize("factory", [curvature_app, depth_app, landscape_app])
+def test_layouts(factory):
+    names = {type(o).__name__ for o in factory(store_root=None, template=False).select()}
+    assert {"Button", "Progress", "Plotly", "Alert"} <= names

@@ -1,0 +1,239 @@
+"""Training jobs for the dashboards: worker threads, a server-wide cap on trainings, session limits.
+
+A :class:`Job` trains one :class:`~workbench.train.TrainConfig` in a daemon thread. The worker only
+appends to a lock-protected buffer (per-step metrics, probe frames) and never touches a widget;
+the session's periodic callback ``drain()``s the buffer on the event loop. Before training, a job
+waits for one of the server's :data:`SLOTS` (``NORMLAB_MAX_TRAININGS``, default 4), so a crowd of
+sessions queues instead of starving the machine; while it waits its state is ``"queued"``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import DATASETS, DataConfig
+from ..models import MODELS
+from ..norms import NORMS, norm_layouts
+from ..store import Run, RunStore
+from ..train import CancelToken, TrainConfig, every, train
+from ..train.config import DATASET_INPUTS, MODEL_INPUTS
+
+# Per-session limits: one user cannot hold the server for long or build a huge model.
+MAX_STEPS = 2000
+MAX_BATCH = 1024
+MAX_WIDTH = 256   # MLP width, ConvNet channels, transformer d_model
+MAX_DEPTH = 8     # MLP layers, ConvNet stages, transformer blocks
+REFRESH_MS = 200  # 5 plot updates a second
+SAVED_STATUSES = ("finished", "diverged")  # complete results; cancelled/failed runs are not kept
+DEFAULT_NORM = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}
+DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
+
+
+class TrainingSlots:
+    """A counting semaphore that a waiting job can give up on (its cancel token) and report on."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._cond = threading.Condition()
+        self.in_use = 0
+        self.waiting = 0
+
+    def acquire(self, cancel: CancelToken, poll: float = 0.05) -> bool:
+        """Take a slot; False if ``cancel`` fired while waiting."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self.in_use >= self.capacity:
+                    if cancel.cancelled:
+                        return False
+                    self._cond.wait(poll)
+                if cancel.cancelled:
+                    return False
+                self.in_use += 1
+                return True
+            finally:
+                self.waiting -= 1
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now (never waits)."""
+        with self._cond:
+            if self.in_use >= self.capacity:
+                return False
+            self.in_use += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.in_use -= 1
+            self._cond.notify()
+
+    def describe(self) -> str:
+        return (f"queued: {self.in_use} of {self.capacity} training slots on this server are busy "
+                f"({self.waiting} waiting); starts when one frees up")
+
+
+def _capacity() -> int:
+    try:
+        return max(1, int(os.environ.get("NORMLAB_MAX_TRAININGS", "4")))
+    except ValueError:
+        return 4
+
+
+SLOTS = TrainingSlots(_capacity())
+
+
+# -- choices -----------------------------------------------------------------------------------
+def norms_for(kind: str) -> list[str]:
+    """The norms a model kind can use: those with its layout that its config accepts."""
+    config_cls = MODELS[kind][0]
+    out = []
+    for name in NORMS:
+        if config_cls.layout not in norm_layouts(name):
+            continue
+        try:
+            config_cls(norm=name)
+        except ValueError:  # e.g. a transformer takes only some token norms
+            continue
+        out.append(name)
+    return out
+
+
+def datasets_for(kind: str) -> list[str]:
+    """The data sets whose inputs (features, images, tokens) a model kind can take."""
+    return [d for d in DATASETS if DATASET_INPUTS[d] in MODEL_INPUTS[kind]]
+
+
+def data_config(name: str) -> DataConfig:
+    """Default sizes (2048 train, 512 test), or an 80/20 split of a data set that has fewer."""
+    cap, default = DATASETS[name].max_examples, DataConfig()
+    if cap is not None and cap < default.n_train + default.n_test:
+        n_train = round(cap * 0.8)
+        return DataConfig(name=name, n_train=n_train, n_test=cap - n_train)
+    return DataConfig(name=name)
+
+
+def check_limits(*, steps=None, batch_size=None, width=None, depth=None) -> None:
+    """Raise ValueError naming the first value over a per-session limit."""
+    for name, value, top in (("steps", steps, MAX_STEPS), ("batch size", batch_size, MAX_BATCH),
+                             ("width", width, MAX_WIDTH), ("depth", depth, MAX_DEPTH)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if value > top:
+            raise ValueError(f"{name} must be at most {top} in the dashboard, got {value}")
+
+
+# -- a training job ----------------------------------------------------------------------------
+class Job:
+    """One run in a worker thread: queued -> training -> done; drained on the event loop.
+
+    Args:
+        cfg: the run.
+        probes: ``{name: fn(model, batch, loss_fn) -> frame}`` run every ``probe_every`` steps;
+            their frames are streamed as they arrive (tagged with ``step``).
+        store: where finished and diverged runs are saved (None: nowhere).
+        after: ``after(run, cancel) -> frame`` run in the worker once training finished
+            (e.g. a Hessian probe on the trained model); its frame comes back in ``extra``.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, probes: dict | None = None, probe_every: int = 0,
+                 store: RunStore | None = None, after: Callable | None = None,
+                 slots: TrainingSlots | None = None):
+        self.cfg, self.store, self.after = cfg, store, after
+        self.slots = slots or SLOTS
+        self.cancel_token = CancelToken()
+        self._lock = threading.Lock()
+        self._points: list[tuple[int, dict]] = []
+        self._frames: list[pd.DataFrame] = []
+        self._step = 0  # the step the trainer runs next (probes run before its update)
+        self.state = "new"
+        self.result: Run | None = None
+        self.saved: str | None = None
+        self.extra: pd.DataFrame | None = None
+        self.error: str | None = None
+        self._probes = {name: self._wrap(name, fn) for name, fn in (probes or {}).items()}
+        self._probe_every = probe_every
+        self.thread = threading.Thread(target=self._work, name=f"train-{cfg.run_id}", daemon=True)
+
+    def start(self) -> None:
+        self.state = "queued"
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def drain(self) -> tuple[list[tuple[int, dict]], list[pd.DataFrame]]:
+        """Points and probe frames that arrived since the last call (event loop side)."""
+        with self._lock:
+            points, frames = self._points, self._frames
+            self._points, self._frames = [], []
+        return points, frames
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _wrap(self, name, fn):
+        def probe(model, batch, loss_fn):
+            frame = fn(model, batch, loss_fn)
+            tagged = frame.assign(step=self._step, probe=name)
+            with self._lock:
+                self._frames.append(tagged)
+            return frame
+        return probe
+
+    def _on_step(self, step: int, metrics: dict) -> None:
+        with self._lock:
+            self._points.append((step, metrics))
+            self._step = step + 1
+
+    def _work(self) -> None:
+        run = None
+        try:
+            if not self.slots.acquire(self.cancel_token):
+                run = Run(run_id=self.cfg.run_id, config=self.cfg.to_dict(), status="cancelled")
+                return
+            try:
+                self.state = "training"
+                schedule = every(self._probe_every) if self._probes and self._probe_every else None
+                run = train(self.cfg, probes=self._probes or None, schedule=schedule,
+                            cancel=self.cancel_token, callback=self._on_step)
+                if self.after is not None and run.status == "finished" and not self.cancel_token.cancelled:
+                    self.state = "probing"
+                    self.extra = self.after(run, self.cancel_token)
+            finally:
+                self.slots.release()
+            if self.store is not None and run.status in SAVED_STATUSES:
+                try:
+                    self.store.save(run)
+                    self.saved = f"saved as `{run.run_id}`"
+                except OSError as exc:
+                    self.saved = f"not saved: {exc}"
+        except Exception as exc:  # noqa: BLE001  (a worker must always report back)
+            self.error = f"{type(exc).__name__}: {exc}"
+            run = Run(run_id=self.cfg.run_id, config=self.cfg.to_dict(), status="failed",
+                      error=self.error)
+        finally:
+            with self._lock:
+                self.result = run
+            self.state = "done"  # last: once done, result (and extra) are final
+
+
+def store_for(store_root: str | Path | None) -> RunStore | None:
+    return RunStore(store_root) if store_root is not None else None
+
+
+def session_bound() -> bool:
+    import panel as pn
+
+    return pn.state.curdoc is not None and pn.state.curdoc.session_context is not None

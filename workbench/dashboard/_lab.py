@@ -1,0 +1,222 @@
+"""Train-then-measure dashboards (Curvature, Depth, Landscape) share this state class.
+
+A :class:`ProbeLab` trains one or more variants of a small model live (a loss curve per variant,
+a progress bar, Stop), optionally measures probes during training (``probe_fns``) and once at the
+end (``after``, in the worker), then hands the frames to ``draw_results`` on the event loop.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+import param
+
+from ..models import MODELS
+from ..norms import NORMS
+from ..train import OPTIMIZERS, TrainConfig
+from ..viz.curves import diverged_marker
+from ..viz.lanes import lanes_figure
+from ._jobs import DEFAULT_DATA, SLOTS, Job, check_limits, data_config, datasets_for, store_for
+from ._session import SessionApp
+
+
+class ProbeLab(SessionApp):
+    """Common controls and the job loop; subclasses define variants, probes and drawings."""
+
+    model = param.Selector(objects=list(MODELS), default="mlp")
+    norm = param.Selector(objects=list(NORMS), default="batch")
+    dataset = param.Selector(objects=datasets_for("mlp"), default="gaussian_mixture")
+    width = param.Integer(default=32, doc="MLP width / ConvNet channels / transformer d_model")
+    depth = param.Integer(default=2, doc="MLP layers / ConvNet stages / transformer blocks")
+    batch_size = param.Integer(default=32)
+    optimizer = param.Selector(objects=list(OPTIMIZERS), default="sgd")
+    lr = param.Number(default=0.05, label="Learning rate")
+    steps = param.Integer(default=100, doc="train to this step, then measure")
+    seed = param.Integer(default=0)
+
+    controls: tuple[str, ...] = ("model", "norm", "dataset", "width", "depth", "batch_size",
+                                 "optimizer", "lr", "steps", "seed")
+    title = "lab"
+
+    def __init__(self, store_root: str | Path | None = "data/runs", **params):
+        super().__init__(**params)
+        self.store = store_for(store_root)
+        self.jobs: list[Job] = []
+        self.names: list[str] = []
+        self._curves: list[tuple[list, list]] = []
+        self.probe_frames: list[list[pd.DataFrame]] = []
+        self.progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
+                                               bar_color="primary")
+        self.loss_fig = lanes_figure([], metric="loss", log_y=True, title="training loss")
+        self.loss_plot = pn.pane.Plotly(self.loss_fig, height=300, sizing_mode="stretch_width",
+                                        config={"displaylogo": False})
+        self.status.object = "idle: choose a model and press **Train**"
+        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
+                                             disabled=True)
+        self.train_button.on_click(lambda event: self.start())
+        self.stop_button.on_click(lambda event: self.stop())
+
+    @param.depends("model", watch=True)
+    def _follow_model(self):
+        data = datasets_for(self.model)
+        self.param.dataset.objects = data
+        if self.dataset not in data:
+            self.dataset = DEFAULT_DATA[self.model]
+        self.norm = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}[self.model]
+
+    # -- what subclasses change ----------------------------------------------------------------
+    def model_config(self, **overrides):
+        kind, w, d = self.model, self.width, self.depth
+        kw = {"norm": self.norm, **overrides}
+        if kind == "transformer":
+            return MODELS[kind][0](d_model=w, depth=d, **kw)
+        if kind == "convnet":
+            return MODELS[kind][0](channels=w, stages=d, **kw)
+        return MODELS[kind][0](width=w, depth=d, **kw)
+
+    def variants(self) -> list[tuple[str, TrainConfig]]:
+        """``(name, config)`` per run to train; ValueError with a readable message."""
+        cfg = TrainConfig(model=self.model_config(), data=data_config(self.dataset),
+                          steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
+                          lr=self.lr, seed=self.seed, eval_every=0)
+        return [(f"{self.model}/{self.norm} B={self.batch_size}", cfg)]
+
+    def validate(self) -> None:
+        """Extra checks of the subclass's own controls (raise ValueError)."""
+
+    def probe_fns(self) -> tuple[dict, int]:
+        return {}, 0
+
+    def after(self, run, cancel) -> pd.DataFrame | None:
+        return None
+
+    def draw_results(self) -> None:
+        """Draw ``self.probe_frames`` / the jobs' ``extra`` frames (event loop)."""
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._pending_finish
+
+    _pending_finish = False  # started, and refresh() has not yet seen every job end
+
+    def start(self) -> bool:
+        if self._pending_finish:
+            return False
+        try:
+            check_limits(steps=self.steps, batch_size=self.batch_size, width=self.width,
+                         depth=self.depth)
+            self.validate()
+            variants = self.variants()
+        except (ValueError, TypeError) as exc:
+            self.show_error(str(exc))
+            self.status.object = "not started: fix the value above"
+            return False
+        self.clear_error()
+        probes, every_n = self.probe_fns()
+        after = self.after if type(self).after is not ProbeLab.after else None
+        self.names = [n for n, _ in variants]
+        self._curves = [([], []) for _ in variants]
+        self.probe_frames = [[] for _ in variants]
+        self.loss_fig = lanes_figure(self.names, metric="loss", log_y=True, title="training loss")
+        self.loss_plot.object = self.loss_fig
+        self.progress.max = sum(c.steps for _, c in variants)
+        self.progress.value = 0
+        self.jobs = [Job(cfg, probes=probes, probe_every=every_n, store=self.store, after=after)
+                     for _, cfg in variants]
+        self._pending_finish = True
+        for job in self.jobs:
+            job.start()
+        self.status.object = "training…"
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.start_periodic()
+        return True
+
+    def stop(self) -> None:
+        for job in self.jobs:
+            job.cancel()
+        if self._pending_finish:
+            self.status.object = "stopping…"
+
+    def join(self, timeout: float = 120.0) -> None:
+        for job in self.jobs:
+            job.join(timeout)
+
+    def refresh(self) -> None:
+        if not self._pending_finish:
+            self.stop_periodic()
+            return
+        changed = False
+        done_steps = 0
+        for i, job in enumerate(self.jobs):
+            points, frames = job.drain()
+            xs, ys = self._curves[i]
+            for step, m in points:
+                if math.isfinite(m["loss"]):
+                    xs.append(step)
+                    ys.append(m["loss"])
+            changed |= bool(points) or bool(frames)
+            self.probe_frames[i].extend(frames)
+            self.loss_fig.data[i].x, self.loss_fig.data[i].y = list(xs), list(ys)
+            done_steps += (xs[-1] + 1) if xs else 0
+        self.progress.value = min(done_steps, self.progress.max)
+        states = {j.state for j in self.jobs}
+        if "queued" in states:
+            self.status.object = SLOTS.describe()
+        elif "probing" in states:
+            self.status.object = "measuring the trained model… (Stop ends it after this measurement)"
+        elif changed:
+            self.status.object = f"training… {done_steps}/{self.progress.max} steps"
+        if changed:
+            self.draw_results()
+            self.loss_plot.param.trigger("object")
+        if all(j.done for j in self.jobs):
+            self._finish()
+
+    def _finish(self) -> None:
+        self._pending_finish = False
+        self.stop_periodic()
+        self.train_button.disabled, self.stop_button.disabled = False, True
+        notes = []
+        for i, job in enumerate(self.jobs):
+            run = job.result
+            if run.status == "diverged":
+                step = run.diverged_step if run.diverged_step is not None else run.steps_done
+                ys = self._curves[i][1]
+                self.loss_fig.add_trace(diverged_marker(step, ys[-1] if ys else 1.0,
+                                                        name=f"{self.names[i]}: diverged at step {step}"))
+                notes.append(f"{self.names[i]} diverged at step {step}")
+            elif run.status == "failed":
+                self.show_error(f"{self.names[i]} failed: {run.error}")
+                notes.append(f"{self.names[i]} failed")
+            elif run.status == "cancelled":
+                notes.append(f"{self.names[i]} cancelled at step {run.steps_done}")
+            elif job.error:
+                self.show_error(f"measuring {self.names[i]} failed: {job.error}")
+        if all(j.result.status == "finished" for j in self.jobs):
+            self.progress.value = self.progress.max
+            notes.append("finished")
+        self.draw_results()
+        self.loss_plot.param.trigger("object")
+        self.status.object = "done: " + "; ".join(notes)
+
+    # -- layout --------------------------------------------------------------------------------
+    def results_view(self) -> pn.viewable.Viewable:
+        return pn.Column()
+
+    def widgets(self) -> dict:
+        return {"width": pn.widgets.IntInput, "depth": pn.widgets.IntInput,
+                "batch_size": pn.widgets.IntInput, "steps": pn.widgets.IntInput,
+                "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput}
+
+    def view(self) -> pn.viewable.Viewable:
+        form = pn.Param(self, parameters=list(self.controls), widgets=self.widgets(),
+                        show_name=False, width=280)
+        return pn.Row(
+            pn.Column(form, pn.Row(self.train_button, self.stop_button)),
+            pn.Column(self.alert, self.status, self.progress, self.loss_plot, self.results_view(),
+                      sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")

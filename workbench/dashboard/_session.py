@@ -1,0 +1,68 @@
+"""What every dashboard's state object shares: its alert, status line, refresh loop and session.
+
+A :class:`SessionApp` is a ``pn.viewable.Viewer`` whose ``refresh()`` runs every ``REFRESH_MS``
+on the session's event loop while it has work in flight (tests call ``refresh()`` themselves:
+without a served document there is no loop). Closing the tab calls ``stop()``.
+"""
+from __future__ import annotations
+
+import panel as pn
+
+from ._jobs import REFRESH_MS, session_bound
+
+
+class SessionApp(pn.viewable.Viewer):
+    """Alert + status + periodic refresh + stop-on-close; subclasses implement ``refresh``/``stop``."""
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._periodic = None
+        self._bound_session = False
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False,
+                                   sizing_mode="stretch_width")
+        self.status = pn.pane.Markdown("idle", sizing_mode="stretch_width")
+
+    def show_error(self, message: str) -> None:
+        """A message on the page; never a traceback."""
+        self.alert.object = message
+        self.alert.visible = True
+
+    def clear_error(self) -> None:
+        self.alert.visible = False
+
+    def refresh(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start_periodic(self) -> None:
+        if self._periodic is None and session_bound():
+            self._periodic = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+
+    def stop_periodic(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+
+    def on_session_destroyed(self, session_context=None) -> None:
+        """The tab closed: stop this session's work."""
+        self.stop()
+        self.stop_periodic()
+
+    def bind_session(self) -> None:
+        if not self._bound_session and session_bound():
+            pn.state.on_session_destroyed(self.on_session_destroyed)
+            self._bound_session = True
+
+    def __panel__(self):
+        self.bind_session()
+        return self.view()
+
+
+def page(title: str, body, *, template: bool = True):
+    """The served page: ``body`` in a template (or bare, for tests)."""
+    if not template:
+        return body
+    return pn.template.FastListTemplate(title=f"Normlab: {title}", main=[body],
+                                        main_max_width="1600px", theme_toggle=False)

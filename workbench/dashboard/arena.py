@@ -1,0 +1,340 @@
+"""Arena: up to four strategies trained side by side, live, with probes drawn as they arrive.
+
+State: :class:`Lane` (one strategy, a ``param.Parameterized`` turned into a ``TrainConfig``) and
+:class:`Arena` (shared settings, presets, the jobs and the figures). ``start()`` validates every
+enabled lane (a bad one gives a message naming the lane; nothing starts), then starts one
+:class:`~._jobs.Job` per lane; ``refresh()`` moves what the workers buffered into the figures,
+progress bars and status lines. A diverged lane gets a red ``x`` and the others go on.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import panel as pn
+import param
+
+from ..models import MODELS
+from ..norms import NORMS
+from ..train import OPTIMIZERS, TrainConfig
+from ..train.schedules import LR_DECAY, LR_SCALING
+from ..viz.curves import diverged_marker
+from ..viz.lanes import lanes_figure, probe_summary
+from ._jobs import (
+    DEFAULT_DATA,
+    DEFAULT_NORM,
+    MAX_STEPS,
+    SLOTS,
+    Job,
+    check_limits,
+    data_config,
+    datasets_for,
+    store_for,
+)
+from ._session import SessionApp, page
+from .presets import PRESETS
+
+PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
+ARENA_PROBES = ("smoothness_small", "hessian_top_eigs", "depth_variance", "channel_health")
+# Cheap budgets for live probes: a probe step should cost a few training steps, not hundreds.
+PROBE_BUDGET = {"hessian_top_eigs": {"max_iter": 20, "tol": 1e-2}}
+NUM_LANES = 4
+
+
+def probe_fns(names) -> dict:
+    """``{name: fn}`` for the chosen probes that exist (imported lazily: a missing one is skipped)."""
+    import functools
+
+    try:
+        from ..probes import PROBES
+    except Exception:  # noqa: BLE001  (a half-written probe module must not break the app)
+        return {}
+    return {n: functools.partial(PROBES[n], **PROBE_BUDGET.get(n, {})) for n in names if n in PROBES}
+
+
+class Lane(param.Parameterized):
+    """One strategy: model, norm, WS, batch (+ micro-batch), optimizer, LR rule, seed."""
+
+    enabled = param.Boolean(default=True, label="Train this lane")
+    label = param.String(default="", doc="name on the plots (empty: described from the settings)")
+    model = param.Selector(objects=list(MODELS), default="mlp")
+    norm = param.Selector(objects=list(NORMS), default="batch")
+    ws = param.Boolean(default=False, label="Weight standardization")
+    virtual_batch = param.Integer(default=8, label="Ghost BN virtual batch")
+    placement = param.Selector(objects=list(PLACEMENTS), default="pre", label="LN placement")
+    dataset = param.Selector(objects=datasets_for("mlp"), default="gaussian_mixture")
+    batch_size = param.Integer(default=32)
+    micro_batch = param.Integer(default=0, label="Micro-batch (0: none)")
+    optimizer = param.Selector(objects=list(OPTIMIZERS), default="sgd")
+    lr = param.Number(default=0.05, label="Learning rate")
+    lr_scaling = param.Selector(objects=list(LR_SCALING), default="none", label="LR scaling")
+    warmup_steps = param.Integer(default=0)
+    lr_decay = param.Selector(objects=list(LR_DECAY), default="constant", label="LR decay")
+    seed = param.Integer(default=0)
+
+    @param.depends("model", watch=True)
+    def _follow_model(self):
+        data = datasets_for(self.model)
+        self.param.dataset.objects = data
+        if self.dataset not in data:
+            self.dataset = DEFAULT_DATA[self.model]
+        self.norm = DEFAULT_NORM[self.model]
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        bits = [self.model, self.norm + ("+WS" if self.ws else "")]
+        if self.model == "transformer":
+            bits.append(self.placement)
+        mb = f"/{self.micro_batch}" if self.micro_batch else ""
+        return f"{' '.join(bits)} B={self.batch_size}{mb} {self.optimizer} {self.lr:g}"
+
+    def build(self, *, steps: int, width: int, depth: int) -> TrainConfig:
+        """The run this lane describes; ValueError with a readable message otherwise."""
+        check_limits(steps=steps, batch_size=self.batch_size, width=width, depth=depth)
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= steps:
+            raise ValueError(f"warmup steps must be between 0 and steps={steps}, "
+                             f"got {self.warmup_steps!r}")
+        options = {"virtual_batch_size": self.virtual_batch} if self.norm == "ghost_batch" else {}
+        if self.model == "transformer":
+            if self.ws:
+                raise ValueError("weight standardization applies to MLP and ConvNet weights, "
+                                 "not to a transformer; untick it or pick mlp/convnet")
+            model = MODELS["transformer"][0](norm=self.norm, norm_options=options, depth=depth,
+                                             d_model=width, placement=self.placement)
+        elif self.model == "convnet":
+            model = MODELS["convnet"][0](norm=self.norm, norm_options=options, ws=self.ws,
+                                         channels=width, stages=depth)
+        else:
+            model = MODELS["mlp"][0](norm=self.norm, norm_options=options, ws=self.ws,
+                                     width=width, depth=depth)
+        return TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
+                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
+                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
+                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
+                           eval_every=0)
+
+
+class Arena(SessionApp):
+    """Up to four lanes trained live; one instance per browser session."""
+
+    preset = param.Selector(objects=["custom", *PRESETS], default="custom")
+    steps = param.Integer(default=200, doc=f"optimizer steps per lane (at most {MAX_STEPS})")
+    width = param.Integer(default=32, doc="MLP width / ConvNet channels / transformer d_model")
+    depth = param.Integer(default=2, doc="MLP layers / ConvNet stages / transformer blocks")
+    probes = param.ListSelector(default=[], objects=list(ARENA_PROBES))
+    probe_every = param.Integer(default=20, doc="steps between probe measurements")
+    log_y = param.Boolean(default=True, label="Log-scale loss axis")
+
+    def __init__(self, store_root: str | Path | None = "data/runs", **params):
+        super().__init__(**params)
+        self.store = store_for(store_root)
+        self.lanes = [Lane(name=f"lane{i}", enabled=i < 2, seed=i) for i in range(NUM_LANES)]
+        self.jobs: list[Job | None] = [None] * NUM_LANES
+        self.progress = [pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
+                                                bar_color="primary") for _ in range(NUM_LANES)]
+        self.lane_status = [pn.pane.Markdown("", sizing_mode="stretch_width")
+                            for _ in range(NUM_LANES)]
+        self.status.object = "idle: set up the lanes (or pick a preset) and press **Train**"
+        self.preset_doc = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._curves: list[dict] = [{} for _ in range(NUM_LANES)]  # lane -> metric -> (xs, ys)
+        self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
+        self.loss_fig = lanes_figure([], metric="loss", log_y=self.log_y)
+        self.acc_fig = lanes_figure([], metric="accuracy")
+        self.probe_fig = lanes_figure([], metric="probe", title="probes (as they arrive)")
+        kw = {"height": 330, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
+        self.loss_plot, self.acc_plot, self.probe_plot = (
+            pn.pane.Plotly(f, **kw) for f in (self.loss_fig, self.acc_fig, self.probe_fig))
+        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
+                                             disabled=True)
+        self.train_button.on_click(lambda event: self.start())
+        self.stop_button.on_click(lambda event: self.stop())
+
+    # -- presets -------------------------------------------------------------------------------
+    @param.depends("preset", watch=True)
+    def apply_preset(self) -> None:
+        spec = PRESETS.get(self.preset)
+        if spec is None:
+            self.preset_doc.object = ""
+            return
+        self.param.update(**spec["shared"])
+        for i, lane in enumerate(self.lanes):
+            settings = spec["lanes"][i] if i < len(spec["lanes"]) else None
+            defaults = {k: p.default for k, p in lane.param.objects().items() if k != "name"}
+            lane.model = (settings or {}).get("model", "mlp")  # first: it resets dataset/norm
+            lane.param.update(**{**defaults, "seed": 0, **(settings or {}), "enabled": settings is not None})
+        self.preset_doc.object = spec["doc"]
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return any(j is not None for j in self.jobs)
+
+    def build_configs(self) -> list[tuple[int, TrainConfig]]:
+        """``(lane index, config)`` for every enabled lane; ValueError names the lane at fault."""
+        if not isinstance(self.probe_every, int) or self.probe_every < 1:
+            raise ValueError(f"probe every must be a positive number of steps, got {self.probe_every!r}")
+        out = []
+        for i, lane in enumerate(self.lanes):
+            if not lane.enabled:
+                continue
+            try:
+                out.append((i, lane.build(steps=self.steps, width=self.width, depth=self.depth)))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"lane {i + 1} ({lane.describe()}): {exc}") from None
+        if not out:
+            raise ValueError("no lane is enabled: tick 'Train this lane' on at least one")
+        return out
+
+    def start(self) -> bool:
+        """Validate the lanes and start one worker per enabled lane; False if nothing started."""
+        if self.running:
+            return False
+        try:
+            configs = self.build_configs()
+        except ValueError as exc:
+            self.show_error(str(exc))
+            self.status.object = "not started: fix the value above"
+            return False
+        self.clear_error()
+        names = [lane.describe() for lane in self.lanes]
+        self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y)
+        self.acc_fig = lanes_figure(names, metric="accuracy")
+        self.probe_fig = lanes_figure(names, metric="probe", title="probes (as they arrive)")
+        self.loss_plot.object, self.acc_plot.object, self.probe_plot.object = (
+            self.loss_fig, self.acc_fig, self.probe_fig)
+        probes = probe_fns(self.probes)
+        for i, cfg in configs:
+            self._curves[i] = {"loss": ([], []), "accuracy": ([], [])}
+            self._probe_frames[i] = []
+            self.progress[i].max, self.progress[i].value = cfg.steps, 0
+            self.lane_status[i].object = f"**{names[i]}**: waiting to start"
+            job = Job(cfg, probes=probes, probe_every=self.probe_every, store=self.store)
+            self.jobs[i] = job
+            job.start()
+        for i in set(range(NUM_LANES)) - {i for i, _ in configs}:
+            self.lane_status[i].object, self.progress[i].value = "", 0
+        self.status.object = f"training {len(configs)} lane(s)…"
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.start_periodic()
+        return True
+
+    def stop(self) -> None:
+        """Cancel every lane; each ends before its next step (well within a second)."""
+        for job in self.jobs:
+            if job is not None:
+                job.cancel()
+        if self.running:
+            self.status.object = "stopping…"
+
+    def join(self, timeout: float = 60.0) -> None:
+        for job in self.jobs:
+            if job is not None:
+                job.join(timeout)
+
+    # -- event loop ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Move buffered points into the figures, bars and status lines."""
+        changed = False
+        for i, job in enumerate(self.jobs):
+            if job is None:
+                continue
+            done = job.done  # read first: a finished job's buffer is complete
+            points, frames = job.drain()
+            if points:
+                changed = True
+                for metric, (xs, ys) in self._curves[i].items():
+                    for step, m in points:
+                        v = m.get(metric)
+                        if v is not None and math.isfinite(v):
+                            xs.append(step)
+                            ys.append(v)
+                self.progress[i].value = min(points[-1][0] + 1, self.progress[i].max)
+                self.lane_status[i].object = (f"**{self.lanes[i].describe()}**: step "
+                                              f"{points[-1][0] + 1}/{self.progress[i].max}, "
+                                              f"loss {points[-1][1]['loss']:.4g}")
+            elif job.state == "queued":
+                self.lane_status[i].object = f"**{self.lanes[i].describe()}**: {SLOTS.describe()}"
+            if frames:
+                changed = True
+                self._probe_frames[i].extend(frames)
+            if done:
+                self._finish_lane(i, job)
+                changed = True
+        if changed:
+            self._draw()
+        if not self.running:
+            self.stop_periodic()
+
+    def _draw(self) -> None:
+        import pandas as pd
+
+        for i in range(NUM_LANES):
+            for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
+                xs, ys = self._curves[i].get(metric, ([], []))
+                if i < len(fig.data) and fig.data[i].name != "diverged":
+                    fig.data[i].x, fig.data[i].y = list(xs), list(ys)
+            if self._probe_frames[i] and i < len(self.probe_fig.data):
+                frame = pd.concat(self._probe_frames[i], ignore_index=True)
+                first = str(frame["probe"].iloc[0])
+                s = probe_summary(frame[frame["probe"] == first])
+                self.probe_fig.data[i].x, self.probe_fig.data[i].y = s["step"].tolist(), s["value"].tolist()
+                self.probe_fig.update_layout(title=f"{first} (as it arrives)")
+        for plot in (self.loss_plot, self.acc_plot, self.probe_plot):
+            plot.param.trigger("object")
+
+    def _finish_lane(self, i: int, job: Job) -> None:
+        self.jobs[i] = None
+        run, name = job.result, self.lanes[i].describe()
+        note = f" ({job.saved})" if job.saved else ""
+        if run.status == "finished":
+            self.progress[i].value = self.progress[i].max
+            self.lane_status[i].object = (f"**{name}**: finished, final loss {run.final('loss'):.4g}"
+                                          f" in {run.wall_time:.1f} s{note}")
+        elif run.status == "diverged":
+            step = run.diverged_step if run.diverged_step is not None else run.steps_done
+            ys = self._curves[i]["loss"][1]
+            self.loss_fig.add_trace(diverged_marker(step, ys[-1] if ys else 1.0,
+                                                    name=f"{name}: diverged at step {step}"))
+            self.lane_status[i].object = f"**{name}**: diverged at step {step} (loss NaN/inf){note}"
+        elif run.status == "cancelled":
+            self.lane_status[i].object = f"**{name}**: cancelled at step {run.steps_done}"
+        else:
+            self.show_error(f"lane {i + 1} ({name}) failed: {run.error}")
+            self.lane_status[i].object = f"**{name}**: failed at step {run.steps_done}"
+        if not self.running:
+            self.train_button.disabled, self.stop_button.disabled = False, True
+            self.status.object = "done: every lane has ended"
+
+    # -- layout --------------------------------------------------------------------------------
+    def view(self) -> pn.viewable.Viewable:
+        shared = pn.Param(self, parameters=["preset", "steps", "width", "depth", "probes",
+                                            "probe_every", "log_y"],
+                          widgets={"steps": pn.widgets.IntInput, "width": pn.widgets.IntInput,
+                                   "depth": pn.widgets.IntInput, "probe_every": pn.widgets.IntInput,
+                                   "probes": pn.widgets.CheckBoxGroup},
+                          show_name=False, width=280)
+        cards = []
+        for i, lane in enumerate(self.lanes):
+            form = pn.Param(lane, show_name=False, sizing_mode="stretch_width", widgets={
+                "batch_size": pn.widgets.IntInput, "micro_batch": pn.widgets.IntInput,
+                "virtual_batch": pn.widgets.IntInput, "warmup_steps": pn.widgets.IntInput,
+                "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput})
+            cards.append(pn.Card(self.lane_status[i], self.progress[i], form,
+                                 title=f"Lane {i + 1}", sizing_mode="stretch_width"))
+        return pn.Column(
+            pn.Row(pn.Column(shared, pn.Row(self.train_button, self.stop_button)),
+                   pn.Column(self.alert, self.status, self.preset_doc, self.loss_plot,
+                             sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            pn.Row(self.acc_plot, self.probe_plot, sizing_mode="stretch_width"),
+            pn.GridBox(*cards, ncols=4, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")
+
+
+def arena_app(store_root: str | Path | None = "data/runs", template: bool = True):
+    """The served Arena page (``?preset=N`` selects the N-th preset on load)."""
+    pn.extension("plotly")
+    arena = Arena(store_root=store_root)
+    arena.bind_session()
+    return page("arena", arena.view(), template=template)

@@ -1,0 +1,82 @@
+"""Curvature: Hessian spectra against batch size for a model trained to a chosen step.
+
+Trains one model live (:class:`~._lab.ProbeLab`), then, in the worker, measures
+``probes.hessian_vs_batch_size`` on its training set: overlaid densities per batch size,
+``lambda_max`` against B with the fitted ``a + c/B`` law, the implied largest stable learning rate
+``2/lambda_max``, and the trace.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+import param
+
+from ..viz.curvature import density_figure, lambda_max_figure, stable_lr_figure, trace_figure
+from ._lab import ProbeLab
+from ._session import page
+
+BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class CurvatureLab(ProbeLab):
+    """Train, then Hessian spectra of mini-batches of several sizes and of the full data."""
+
+    batch_sizes = param.ListSelector(default=[8, 32, 128, 512], objects=list(BATCH_SIZES),
+                                     label="Hessian batch sizes")
+    num_batches = param.Integer(default=2, doc="mini-batches per size (mean ± std)")
+    max_iter = param.Integer(default=30, label="Lanczos steps per Hessian")
+    mode = param.Selector(objects=["train", "eval"], default="train",
+                          label="BN statistics (train: batch, eval: running)")
+
+    controls = (*ProbeLab.controls, "batch_sizes", "num_batches", "max_iter", "mode")
+    title = "curvature"
+
+    def __init__(self, store_root: str | Path | None = "data/runs", **params):
+        super().__init__(store_root, **params)
+        self.result: pd.DataFrame | None = None
+        kw = {"height": 300, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
+        self.plots = [pn.pane.Plotly(f(pd.DataFrame(columns=["metric", "batch_size", "value",
+                                                             "eigenvalue"])), **kw)
+                      for f in (density_figure, lambda_max_figure, stable_lr_figure, trace_figure)]
+
+    def validate(self) -> None:
+        if not self.batch_sizes:
+            raise ValueError("pick at least one Hessian batch size")
+        if not isinstance(self.num_batches, int) or not 1 <= self.num_batches <= 8:
+            raise ValueError(f"mini-batches per size must be between 1 and 8, got {self.num_batches!r}")
+        if not isinstance(self.max_iter, int) or not 5 <= self.max_iter <= 200:
+            raise ValueError(f"Lanczos steps must be between 5 and 200, got {self.max_iter!r}")
+
+    def after(self, run, cancel) -> pd.DataFrame | None:
+        from ..probes import hessian_vs_batch_size  # lazily: the app loads without it
+
+        sizes = sorted(b for b in self.batch_sizes if b < run.dataset.n_train)
+        return hessian_vs_batch_size(run.model, run.dataset, run.dataset.loss_fn,
+                                     batch_sizes=sizes, num_batches=self.num_batches,
+                                     max_iter=self.max_iter, density_steps=20, adam=False,
+                                     mode=self.mode, seed=self.seed)
+
+    def draw_results(self) -> None:
+        frames = [j.extra for j in self.jobs if j.done and j.extra is not None]
+        if not frames:
+            return
+        self.result = frames[0]
+        for plot, f in zip(self.plots, (density_figure, lambda_max_figure, stable_lr_figure,
+                                        trace_figure), strict=True):
+            plot.object = f(self.result)
+
+    def results_view(self):
+        return pn.GridBox(*self.plots, ncols=2, sizing_mode="stretch_width")
+
+    def widgets(self) -> dict:
+        return {**super().widgets(), "batch_sizes": pn.widgets.CheckButtonGroup,
+                "num_batches": pn.widgets.IntInput, "max_iter": pn.widgets.IntInput}
+
+
+def curvature_app(store_root: str | Path | None = "data/runs", template: bool = True):
+    pn.extension("plotly")
+    lab = CurvatureLab(store_root=store_root)
+    lab.bind_session()
+    return page("curvature", lab.view(), template=template)

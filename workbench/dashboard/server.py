@@ -1,0 +1,34 @@
+"""Every dashboard on one Panel server (tests and benchmarks; ``make serve`` uses apps/*.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import panel as pn
+
+
+def app_factories(store_root: str | Path | None) -> dict:
+    """``{url name: () -> page}`` for every dashboard, saving runs under ``store_root``."""
+    from .arena import arena_app
+    from .curvature import curvature_app
+    from .depth import depth_app
+    from .landscape import landscape_app
+    from .live import live_app
+    from .runs import runs_app
+
+    runs_root = store_root if store_root is not None else "data/runs"
+    return {"train_app": lambda: live_app(store_root=store_root),
+            "arena": lambda: arena_app(store_root=store_root),
+            "runs": lambda: runs_app(store_root=runs_root),
+            "curvature": lambda: curvature_app(store_root=store_root),
+            "depth": lambda: depth_app(store_root=store_root),
+            "landscape": lambda: landscape_app(store_root=store_root)}
+
+
+def serve_apps(port: int, *, store_root: str | Path | None = None, address: str = "127.0.0.1"):
+    """Serve all dashboards at ``http://address:port/<name>`` from a background thread.
+
+    Returns Panel's server thread; call ``.stop()`` on it. ``/liveness`` answers once it is up.
+    """
+    return pn.serve(app_factories(store_root), port=port, address=address, threaded=True,
+                    show=False, liveness=True,
+                    websocket_origin=[f"{address}:{port}", f"localhost:{port}"])

@@ -1,0 +1,64 @@
+"""Side-by-side runs ("lanes"): one line per run for a metric, and probe summaries per step.
+
+The dashboards stream into these figures: trace ``i`` belongs to lane ``i``, so a refresh sets
+``fig.data[i].x/y`` in place. Plotly is imported inside each function.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .curves import MARGIN
+
+LANE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+# The one number a probe is drawn by in the Arena (the others are in its frame and the store).
+HEADLINE = {"hessian_top_eigs": "eigenvalue", "hessian_trace": "trace",
+            "channel_health": "dead_fraction", "depth_variance": "stream_out_variance",
+            "smoothness_small": "beta_smoothness", "smoothness": "beta_smoothness",
+            "gradient_noise_scale": "b_simple", "layer_norms": "weight_norm"}
+
+
+def lanes_figure(names: list[str], *, metric: str = "loss", log_y: bool = False,
+                 title: str | None = None, height: int | None = None):
+    """An empty figure with one named line per lane (trace ``i`` is lane ``i``)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=[], y=[], mode="lines", name=n,
+                                line={"color": LANE_COLORS[i % len(LANE_COLORS)]})
+                     for i, n in enumerate(names)])
+    fig.update_layout(title=title or metric, xaxis_title="step", yaxis_title=metric,
+                      template="plotly_white", margin=MARGIN, uirevision="lanes",
+                      legend={"orientation": "h", "y": -0.2}, height=height)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def probe_summary(frame: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """``step, value`` of one probe metric: the whole-model row, or the mean over layers.
+
+    Args:
+        frame: a probe's tidy rows with a ``step`` column (several steps allowed).
+        metric: which metric; default the probe's :data:`HEADLINE`, else its first metric.
+    """
+    if frame.empty:
+        return pd.DataFrame({"step": [], "value": []})
+    if metric is None:
+        probe = str(frame["probe"].iloc[0]) if "probe" in frame else ""
+        metric = HEADLINE.get(probe)
+        if metric not in set(frame["metric"]):
+            metric = str(frame["metric"].iloc[0])
+    rows = frame[frame["metric"] == metric]
+    if "index" in rows and rows["index"].notna().any():  # eigenvalues: the largest
+        rows = rows[rows["index"] == 1]
+    whole = rows[rows["layer"].fillna("").isin(["", "all"])] if "layer" in rows else rows
+    rows = whole if len(whole) else rows
+    out = rows.groupby("step", as_index=False)["value"].mean()
+    return out.sort_values("step")
+
+
+def probe_metrics(frame: pd.DataFrame) -> list[str]:
+    """``probe: metric`` labels present in a frame of probe rows."""
+    if frame.empty:
+        return []
+    pairs = frame[["probe", "metric"]].drop_duplicates()
+    return [f"{p}: {m}" for p, m in pairs.itertuples(index=False)]
