@@ -138,7 +138,7 @@ def test_closing_the_tab_stops_the_session(app):
     app.steps = 2000
     assert app.start()
     _wait(lambda: app.refresh() or app.progress[0].value >= 1)
-    app.on_session_destroyed()
+    app.on_session_destroyed(None)
     app.join(2)
     _run_to_end(app, 5)
     assert "cancelled" in app.lane_status[0].object

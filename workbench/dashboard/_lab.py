@@ -17,7 +17,7 @@ from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..viz.curves import diverged_marker
-from ..viz.lanes import lanes_figure
+from ..viz.lanes import lanes_figure, thin
 from ._jobs import DEFAULT_DATA, SLOTS, Job, check_limits, data_config, datasets_for, store_for
 from ._session import SessionApp
 
@@ -149,7 +149,7 @@ class ProbeLab(SessionApp):
         if not self._pending_finish:
             self.stop_periodic()
             return
-        changed = False
+        changed = measured = False
         done_steps = 0
         for i, job in enumerate(self.jobs):
             points, frames = job.drain()
@@ -158,9 +158,10 @@ class ProbeLab(SessionApp):
                 if math.isfinite(m["loss"]):
                     xs.append(step)
                     ys.append(m["loss"])
-            changed |= bool(points) or bool(frames)
+            changed |= bool(points)
+            measured |= bool(frames)
             self.probe_frames[i].extend(frames)
-            self.loss_fig.data[i].x, self.loss_fig.data[i].y = list(xs), list(ys)
+            self.loss_fig.data[i].x, self.loss_fig.data[i].y = thin(xs, ys)
             done_steps += (xs[-1] + 1) if xs else 0
         self.progress.value = min(done_steps, self.progress.max)
         states = {j.state for j in self.jobs}
@@ -170,8 +171,9 @@ class ProbeLab(SessionApp):
             self.status.object = "measuring the trained model… (Stop ends it after this measurement)"
         elif changed:
             self.status.object = f"training… {done_steps}/{self.progress.max} steps"
-        if changed:
+        if measured:  # probe figures are rebuilt only when new measurements arrived
             self.draw_results()
+        if changed:
             self.loss_plot.param.trigger("object")
         if all(j.done for j in self.jobs):
             self._finish()

@@ -45,7 +45,7 @@ class SessionApp(pn.viewable.Viewer):
             self._periodic.stop()
             self._periodic = None
 
-    def on_session_destroyed(self, session_context=None) -> None:
+    def on_session_destroyed(self, session_context) -> None:
         """The tab closed: stop this session's work."""
         self.stop()
         self.stop_periodic()

@@ -19,7 +19,7 @@ from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..train.schedules import LR_DECAY, LR_SCALING
 from ..viz.curves import diverged_marker
-from ..viz.lanes import lanes_figure, probe_summary
+from ..viz.lanes import lanes_figure, probe_summary, thin
 from ._jobs import (
     DEFAULT_DATA,
     DEFAULT_NORM,
@@ -274,7 +274,7 @@ class Arena(SessionApp):
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
                 xs, ys = self._curves[i].get(metric, ([], []))
                 if i < len(fig.data) and fig.data[i].name != "diverged":
-                    fig.data[i].x, fig.data[i].y = list(xs), list(ys)
+                    fig.data[i].x, fig.data[i].y = thin(xs, ys)
             if self._probe_frames[i] and i < len(self.probe_fig.data):
                 frame = pd.concat(self._probe_frames[i], ignore_index=True)
                 first = str(frame["probe"].iloc[0])
@@ -328,7 +328,7 @@ class Arena(SessionApp):
                    pn.Column(self.alert, self.status, self.preset_doc, self.loss_plot,
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             pn.Row(self.acc_plot, self.probe_plot, sizing_mode="stretch_width"),
-            pn.GridBox(*cards, ncols=4, sizing_mode="stretch_width"),
+            pn.Row(*cards, sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
 
 

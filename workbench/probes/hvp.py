@@ -151,9 +151,8 @@ class CurvatureOperator:
                 self._buffers[i] = (b, b._version, value)
 
     def _grad(self, outputs, inputs, cot, batched):
-        res = torch.autograd.grad(outputs, inputs, cot, retain_graph=True, allow_unused=True,
-                                  is_grads_batched=batched)
-        return res
+        return torch.autograd.grad(outputs, inputs, cot, retain_graph=True, allow_unused=True,
+                                   is_grads_batched=batched)
 
     def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
         out = self._apply_affine(v, batched)

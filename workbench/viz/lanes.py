@@ -62,3 +62,19 @@ def probe_metrics(frame: pd.DataFrame) -> list[str]:
         return []
     pairs = frame[["probe", "metric"]].drop_duplicates()
     return [f"{p}: {m}" for p, m in pairs.itertuples(index=False)]
+
+
+def thin(xs: list, ys: list, max_points: int = 400) -> tuple[list, list]:
+    """At most about ``max_points`` evenly strided points, always keeping the last one.
+
+    A live figure is sent whole on every refresh; thinning keeps each update small (and the
+    event loop free for the Stop button) however long the run.
+    """
+    n = len(xs)
+    if n <= max_points:
+        return list(xs), list(ys)
+    stride = -(-n // max_points)
+    idx = list(range(0, n, stride))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return [xs[i] for i in idx], [ys[i] for i in idx]

@@ -1,0 +1,118 @@
+"""Every dashboard in a real browser: load, start, points arrive, Stop, a bad value, a screenshot.
+
+Shares the session's in-process server (root conftest ``live_server``, which serves every app).
+Widgets are found through Playwright locators, which pierce Bokeh's shadow roots.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _points(page, nth: int = 0, trace: int = 0) -> int:
+    """Points in one trace of the nth plotly figure on the page (the loss plot is first)."""
+    return page.locator(".js-plotly-plot").nth(nth).evaluate(
+        f"gd => ((gd.data[{trace}] || {{}}).x || []).length")
+
+
+def _wait_points(page, at_least: int, nth: int = 0, trace: int = 0, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (n := _points(page, nth, trace)) < at_least:
+        assert time.monotonic() < deadline, f"only {n} points after {timeout} s"
+        page.wait_for_timeout(100)
+    return n
+
+
+def _set(page, label: str, value) -> None:
+    box = page.get_by_role("textbox", name=label, exact=True).first
+    box.fill(str(value))
+    box.press("Enter")  # Bokeh's inputs commit on Enter/blur
+
+
+def _train_button(page):
+    return page.get_by_role("button", name="Train", exact=True)
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    _train_button(page).wait_for()
+
+
+def _train_then_stop(page, screenshot, done_text: str) -> None:
+    _set(page, "Steps", 2000)
+    _train_button(page).click()
+    n = _wait_points(page, 10)
+    _wait_points(page, n + 1, timeout=10)  # still gaining points: live updates
+    screenshot("training")
+    page.get_by_role("button", name="Stop").click()
+    try:
+        page.get_by_text(done_text).first.wait_for(timeout=5_000)
+    except Exception:
+        screenshot("stop-failed")
+        raise
+    assert _points(page) < 2000
+
+
+def test_arena_trains_lanes_live_and_stops(page, live_server, screenshot):
+    _open(page, f"{live_server}/arena")
+    _train_then_stop(page, screenshot, "done: every lane has ended")
+    assert page.get_by_text("cancelled at step").count() == 2  # in the two lanes' cards
+    _set(page, "Width", 4096)
+    _train_button(page).click()
+    page.get_by_text("width must be at most").wait_for(timeout=5_000)
+    screenshot("error")
+
+
+def test_arena_preset_runs_to_the_end(page, live_server, screenshot):
+    _open(page, f"{live_server}/arena")
+    page.get_by_role("combobox", name="Preset").select_option(
+        "large batch: SGD vs LARS, Adam vs LAMB")
+    page.get_by_text("Layer-wise trust ratios").wait_for()
+    _set(page, "Steps", 40)
+    _train_button(page).click()
+    page.get_by_text("done: every lane has ended").wait_for(timeout=60_000)
+    for lane in range(4):
+        assert _wait_points(page, 40, trace=lane, timeout=5) == 40
+    page.get_by_text("LAMB", exact=True).first.wait_for()
+    screenshot("finished")
+
+
+def test_runs_lists_compares_and_rejects_a_bad_filter(page, live_server, screenshot):
+    _open(page, f"{live_server}/arena")  # make sure the store holds finished runs
+    _set(page, "Steps", 30)
+    _train_button(page).click()
+    page.get_by_text("done: every lane has ended").wait_for(timeout=30_000)
+    page.goto(f"{live_server}/runs")
+    page.get_by_role("button", name="Select all shown").click()
+    _wait_points(page, 30)
+    screenshot("compare")
+    box = page.get_by_role("textbox").first
+    box.fill("no-such-run")
+    box.press("Enter")
+    page.get_by_text("no stored run matches").wait_for(timeout=5_000)
+    screenshot("error")
+
+
+@pytest.mark.parametrize(("app", "bad_label", "bad_value", "message"), [
+    ("curvature", "Batch size", 5000, "batch size must be at most"),
+    ("depth", "Probe every", 100000, "probe every must be between"),
+    ("landscape", "Grid", 1000, "grid points per axis"),
+])
+def test_lab_trains_stops_measures_and_rejects(page, live_server, screenshot, app, bad_label,
+                                               bad_value, message):
+    _open(page, f"{live_server}/{app}")
+    _train_then_stop(page, screenshot, "cancelled at step")
+    page.get_by_text("done: ").first.wait_for()
+    _set(page, "Steps", 40)
+    _train_button(page).click()
+    page.get_by_text("done: finished").wait_for(timeout=60_000)
+    assert _wait_points(page, 40, timeout=5) == 40
+    assert _points(page, nth=1) > 0  # the measurement is drawn
+    screenshot("finished")
+    _set(page, bad_label, bad_value)
+    _train_button(page).click()
+    page.get_by_text(message).wait_for(timeout=5_000)
+    screenshot("error")
