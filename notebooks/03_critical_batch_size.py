@@ -46,7 +46,6 @@ torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from workbench import DataConfig, MLPConfig, TrainConfig, every, make_dataset, train  # noqa: E402
 from workbench.probes import gradient_noise_scale  # noqa: E402

@@ -142,7 +142,6 @@ assert post.grad_last_over_first > 1.1, "Post-LN: earlier blocks should get smal
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
 

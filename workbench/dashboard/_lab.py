@@ -7,6 +7,7 @@ end (``after``, in the worker), then hands the frames to ``draw_results`` on the
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -102,6 +103,8 @@ class ProbeLab(SessionApp):
         return self._pending_finish
 
     _pending_finish = False  # started, and refresh() has not yet seen every job end
+    _dirty = _measured = False  # new points / measurements not yet drawn
+    _next_draw = 0.0  # monotonic time before which refresh() does not redraw
 
     def start(self) -> bool:
         if self._pending_finish:
@@ -171,12 +174,19 @@ class ProbeLab(SessionApp):
             self.status.object = "measuring the trained model… (Stop ends it after this measurement)"
         elif changed:
             self.status.object = f"training… {done_steps}/{self.progress.max} steps"
-        if measured:  # probe figures are rebuilt only when new measurements arrived
-            self.draw_results()
-        if changed:
-            self.loss_plot.param.trigger("object")
         if all(j.done for j in self.jobs):
             self._finish()
+            return
+        self._dirty |= changed
+        self._measured |= measured
+        if (self._dirty or self._measured) and time.monotonic() >= self._next_draw:
+            t0 = time.perf_counter()
+            if self._measured:  # probe figures are rebuilt only when new measurements arrived
+                self.draw_results()
+            self.loss_plot.param.trigger("object")
+            self._dirty = self._measured = False
+            # back off under load: the event loop stays idle at least 2/3 of the time
+            self._next_draw = time.monotonic() + 2 * (time.perf_counter() - t0)
 
     def _finish(self) -> None:
         self._pending_finish = False

@@ -9,6 +9,7 @@ progress bars and status lines. A diverged lane gets a red ``x`` and the others 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import panel as pn
@@ -139,6 +140,7 @@ class Arena(SessionApp):
         self.preset_doc = pn.pane.Markdown("", sizing_mode="stretch_width")
         self._curves: list[dict] = [{} for _ in range(NUM_LANES)]  # lane -> metric -> (xs, ys)
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
+        self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self.loss_fig = lanes_figure([], metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure([], metric="accuracy")
         self.probe_fig = lanes_figure([], metric="probe", title="probes (as they arrive)")
@@ -262,14 +264,18 @@ class Arena(SessionApp):
             if done:
                 self._finish_lane(i, job)
                 changed = True
-        if changed:
+        self._dirty |= changed
+        if self._dirty and (not self.running or time.monotonic() >= self._next_draw):
             self._draw()
         if not self.running:
             self.stop_periodic()
 
     def _draw(self) -> None:
+        """Redraw; the next redraw waits twice as long as this one took (see ``_next_draw``)."""
         import pandas as pd
 
+        t0 = time.perf_counter()
+        slow = time.monotonic() >= self._next_slow  # accuracy and probes: once a second
         for i in range(NUM_LANES):
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
                 xs, ys = self._curves[i].get(metric, ([], []))
@@ -281,8 +287,16 @@ class Arena(SessionApp):
                 s = probe_summary(frame[frame["probe"] == first])
                 self.probe_fig.data[i].x, self.probe_fig.data[i].y = s["step"].tolist(), s["value"].tolist()
                 self.probe_fig.update_layout(title=f"{first} (as it arrives)")
-        for plot in (self.loss_plot, self.acc_plot, self.probe_plot):
+        plots = (self.loss_plot, self.acc_plot, self.probe_plot) if slow or not self.running else (
+            self.loss_plot,)
+        for plot in plots:
             plot.param.trigger("object")
+        if slow:
+            self._next_slow = time.monotonic() + 1.0
+        self._dirty = False
+        # Under load (several lanes on few cores) a redraw can take 100+ ms of the event loop;
+        # backing off keeps the loop idle most of the time, so Stop and typing stay responsive.
+        self._next_draw = time.monotonic() + 2 * (time.perf_counter() - t0)
 
     def _finish_lane(self, i: int, job: Job) -> None:
         self.jobs[i] = None

@@ -1,0 +1,150 @@
+"""Dashboard costs: time to first render, plot update rate, training throughput vs a plain loop.
+
+1. Time to first render: ``panel serve apps/arena.py`` started as a subprocess (cold imports
+   included) until the page answers, then until Chromium shows the Train button and a plot.
+2. Update rate: the Arena served in-process, one lane training; Chromium samples the loss trace's
+   length every 20 ms and counts how often it changed (target: >= 4 per second).
+3. Throughput: the same lane's steps per second (the run's own ``wall_time``) inside the served
+   dashboard, against ``train(cfg)`` in a plain loop in this process (target: within 10%).
+   Rounds are interleaved; best of each is reported.
+
+    python benchmarks/bench_dashboard.py [--steps 1500] [--rounds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=30).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def first_render(browser) -> tuple[float, float]:
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("panel")), "serve", "apps/arena.py",
+                             "--address", "127.0.0.1", "--port", str(port),
+                             "--allow-websocket-origin", f"127.0.0.1:{port}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/arena")
+        t_http = time.perf_counter() - t0
+        page = browser.new_page(viewport={"width": 1300, "height": 820})
+        page.goto(f"http://127.0.0.1:{port}/arena")
+        page.get_by_role("button", name="Train", exact=True).wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        t_render = time.perf_counter() - t0
+        page.close()
+        return t_http, t_render
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def dashboard_round(browser, url: str, store, steps: int) -> tuple[float, float]:
+    """(updates per second seen by the browser, steps per second of the run)."""
+    page = browser.new_page(viewport={"width": 1300, "height": 820})
+    page.goto(f"{url}/arena")
+    page.get_by_role("button", name="Train", exact=True).wait_for()
+    page.get_by_role("checkbox", name="Train this lane").nth(1).uncheck()  # one lane
+    box = page.get_by_role("textbox", name="Steps", exact=True)
+    box.fill(str(steps))
+    box.press("Enter")
+    before = set(store.run_ids())
+    page.get_by_role("button", name="Train", exact=True).click()
+    plot = page.locator(".js-plotly-plot").first
+    sample = "gd => ((gd.data[0] || {}).x || []).length"
+    while plot.evaluate(sample) == 0:
+        page.wait_for_timeout(20)
+    changes, last, t0 = 0, plot.evaluate(sample), time.perf_counter()
+    while time.perf_counter() - t0 < 3.0:  # 3 s of a run that lasts longer
+        page.wait_for_timeout(20)
+        n = plot.evaluate(sample)
+        changes += n != last
+        last = n
+    rate = changes / (time.perf_counter() - t0)
+    page.get_by_text("done: every lane has ended").wait_for(timeout=120_000)
+    page.close()
+    (run_id,) = set(store.run_ids()) - before
+    run = store.get(run_id)
+    return rate, run.steps_done / run.frame.query("metric == 'wall_time'")["value"].max()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from playwright.sync_api import sync_playwright
+
+    from workbench.dashboard.arena import Lane
+    from workbench.dashboard.server import serve_apps
+    from workbench.store import RunStore
+    from workbench.train import train
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=CHROMIUM_ARGS)
+        t_http, t_render = first_render(browser)
+        print(f"first render (cold `panel serve apps/arena.py`): page answers after {t_http:.2f} s, "
+              f"Train button + plot drawn after {t_render:.2f} s")
+
+        root = Path(tempfile.mkdtemp(prefix="bench_dashboard_"))
+        port = free_port()
+        server = serve_apps(port, store_root=root)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/liveness")
+        store = RunStore(root)
+        lane = Lane(seed=0)
+        cfg = lane.build(steps=args.steps, width=32, depth=2)
+        rates, dash, plain = [], [], []
+        for r in range(args.rounds):
+            for old in store.run_ids():
+                store.delete(old)  # the same config again: a fresh run, not the stored one
+            rate, sps = dashboard_round(browser, url, store, args.steps)
+            rates.append(rate)
+            dash.append(sps)
+            run = train(cfg)
+            plain.append(run.steps_done / run.frame.query("metric == 'wall_time'")["value"].max())
+            print(f"round {r + 1}: updates {rate:.1f}/s; dashboard {sps:.0f} steps/s; "
+                  f"plain loop {plain[-1]:.0f} steps/s")
+        server.stop()
+        browser.close()
+    best_dash, best_plain = max(dash), max(plain)
+    slow = 100 * (1 - best_dash / best_plain)
+    print(f"\nupdate rate during a run: {max(rates):.1f}/s (target >= 4)")
+    print(f"training throughput ({cfg.model.kind} w32 d2 {cfg.model.norm}, B={cfg.batch_size}, "
+          f"{args.steps} steps): dashboard {best_dash:.0f} steps/s, plain loop {best_plain:.0f} "
+          f"steps/s -> {slow:+.1f}% slower in the dashboard (target <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
