@@ -73,7 +73,7 @@ def dashboard_round(browser, url: str, store, steps: int) -> tuple[float, float]
     page = browser.new_page(viewport={"width": 1300, "height": 820})
     page.goto(f"{url}/arena")
     page.get_by_role("button", name="Train", exact=True).wait_for()
-    page.get_by_role("checkbox", name="Train this lane").nth(1).uncheck()  # one lane
+    page.get_by_text("Train this lane").nth(1).click()  # untick lane 2: one lane
     box = page.get_by_role("textbox", name="Steps", exact=True)
     box.fill(str(steps))
     box.press("Enter")

@@ -191,6 +191,8 @@ widgets.interact_manual(rerun, norm=list(VARIANTS),
 #   faster, while raw β numbers are confounded by the weight scale of scale-invariant layers.
 #
 # **Try next:** `NORMLAB_FULL=1` (nine seeds); per-layer rows (`layer != ""`) and
-# `lr_effective`; PowerNorm (`norm="power"`, the PowerNorm paper's smaller Lipschitz constant
-# than BN) — not asserted here; the `landscape` probe for 1-D/2-D loss slices; then
+# `lr_effective`; PowerNorm (`norm="power"`): its paper's claim, a smaller Lipschitz constant
+# of the loss than BN, is about transformers and is not asserted here — on this MLP (9 seeds)
+# PowerNorm's median gradient norm was neither consistently lower nor higher than BN's, and it
+# trained slower; the `landscape` probe for 1-D/2-D loss slices; then
 # `05_micro_batch_and_singularities`.

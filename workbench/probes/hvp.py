@@ -18,6 +18,7 @@ Vectors are flat ``(P,)`` (or ``(k, P)`` blocks) over the subset in ``model.para
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 
 import torch
@@ -141,7 +142,7 @@ class CurvatureOperator:
             with torch.enable_grad():
                 self._offset = self._apply(torch.zeros(self.dim, dtype=self.dtype, device=self.device),
                                            False).detach()
-        self._batched = True
+        self._batched = None  # decided by timing on the first block (see _batching_pays)
 
     def _reset_buffers(self) -> None:
         for i, (b, version, value) in enumerate(self._buffers):
@@ -184,9 +185,13 @@ class CurvatureOperator:
 
         Note:
             On small models a block of k costs about one product per vector or less (vmap over the
-            backward); modules whose backward cannot be vmapped fall back to a loop.
+            backward); on compute-bound ones a loop is faster. The first block of >= 4 vectors
+            times both (12 products, counted in ``hvps``) and keeps the faster; modules whose backward cannot
+            be vmapped always loop.
         """
         vs = vs.to(self.device, self.dtype)
+        if self._batched is None and vs.shape[0] >= 4:
+            self._batched = self._batching_pays(vs[:4])
         out = None
         if self._batched and vs.shape[0] > 1:
             try:
@@ -201,6 +206,30 @@ class CurvatureOperator:
                 out = torch.stack([self._apply(v, False).detach() for v in vs])
         self.hvps += vs.shape[0]
         return out
+
+    def _batching_pays(self, vs: torch.Tensor) -> bool:
+        """Time one batched block against a loop (once per operator): batching wins on small or
+        latency-bound problems and loses on compute-bound CPU ones (peers.md §5)."""
+        def clock(fn):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t = time.perf_counter()
+            fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter() - t
+        try:
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                self._apply(vs, True)  # warm-up (vmap set-up)
+                batched = clock(lambda: self._apply(vs, True))
+        except (RuntimeError, NotImplementedError):
+            self._reset_buffers()
+            return False
+        with torch.enable_grad():
+            looped = clock(lambda: [self._apply(v, False) for v in vs])
+        self.hvps += 3 * vs.shape[0]  # spent on the decision, counted
+        return batched < looped
 
     def release(self) -> None:
         """Drop the retained graph (frees activation memory)."""
