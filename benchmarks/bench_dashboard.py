@@ -73,7 +73,8 @@ def dashboard_round(browser, url: str, store, steps: int) -> tuple[float, float]
     page = browser.new_page(viewport={"width": 1300, "height": 820})
     page.goto(f"{url}/arena")
     page.get_by_role("button", name="Train", exact=True).wait_for()
-    page.get_by_text("Train this lane").nth(1).click()  # untick lane 2: one lane
+    # checkboxes: 4 probes, log y, then per lane "Train this lane", WS: lane 2 is the 8th
+    page.get_by_role("checkbox").nth(7).uncheck()  # one lane
     box = page.get_by_role("textbox", name="Steps", exact=True)
     box.fill(str(steps))
     box.press("Enter")
@@ -101,8 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--switch", type=float, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if "--switch" in sys.argv[1:]:
+        sys.setswitchinterval(float(sys.argv[-1]))
     from playwright.sync_api import sync_playwright
 
     from workbench.dashboard.arena import Lane

@@ -20,7 +20,7 @@ from ..train import OPTIMIZERS, TrainConfig
 from ..viz.curves import diverged_marker
 from ..viz.lanes import lanes_figure, thin
 from ._jobs import DEFAULT_DATA, SLOTS, Job, check_limits, data_config, datasets_for, store_for
-from ._session import SessionApp
+from ._session import SessionApp, plotly_pane
 
 
 class ProbeLab(SessionApp):
@@ -51,7 +51,7 @@ class ProbeLab(SessionApp):
         self.progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
                                                bar_color="primary")
         self.loss_fig = lanes_figure([], metric="loss", log_y=True, title="training loss")
-        self.loss_plot = pn.pane.Plotly(self.loss_fig, height=300, sizing_mode="stretch_width",
+        self.loss_plot = plotly_pane(self.loss_fig, height=300, sizing_mode="stretch_width",
                                         config={"displaylogo": False})
         self.status.object = "idle: choose a model and press **Train**"
         self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)

@@ -66,3 +66,13 @@ def page(title: str, body, *, template: bool = True):
         return body
     return pn.template.FastListTemplate(title=f"Normlab: {title}", main=[body],
                                         main_max_width="1600px", theme_toggle=False)
+
+
+def plotly_pane(fig, **kw):
+    """A Plotly pane that is redrawn only on an explicit ``param.trigger("object")``.
+
+    ``link_figure=False``: otherwise Panel hooks every property set on the figure
+    (``fig.data[0].x = ...``) and sends a full update for each, several per refresh.
+    """
+    kw = {"sizing_mode": "stretch_width", "config": {"displaylogo": False}, **kw}
+    return pn.pane.Plotly(fig, link_figure=False, **kw)

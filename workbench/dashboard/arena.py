@@ -32,7 +32,7 @@ from ._jobs import (
     datasets_for,
     store_for,
 )
-from ._session import SessionApp, page
+from ._session import SessionApp, page, plotly_pane
 from .presets import PRESETS
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
@@ -146,7 +146,7 @@ class Arena(SessionApp):
         self.probe_fig = lanes_figure([], metric="probe", title="probes (as they arrive)")
         kw = {"height": 330, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
         self.loss_plot, self.acc_plot, self.probe_plot = (
-            pn.pane.Plotly(f, **kw) for f in (self.loss_fig, self.acc_fig, self.probe_fig))
+            plotly_pane(f, **kw) for f in (self.loss_fig, self.acc_fig, self.probe_fig))
         self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
         self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
                                              disabled=True)

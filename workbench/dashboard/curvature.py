@@ -15,7 +15,7 @@ import param
 
 from ..viz.curvature import density_figure, lambda_max_figure, stable_lr_figure, trace_figure
 from ._lab import ProbeLab
-from ._session import page
+from ._session import page, plotly_pane
 
 BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -37,7 +37,7 @@ class CurvatureLab(ProbeLab):
         super().__init__(store_root, **params)
         self.result: pd.DataFrame | None = None
         kw = {"height": 300, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
-        self.plots = [pn.pane.Plotly(f(pd.DataFrame(columns=["metric", "batch_size", "value",
+        self.plots = [plotly_pane(f(pd.DataFrame(columns=["metric", "batch_size", "value",
                                                              "eigenvalue"])), **kw)
                       for f in (density_figure, lambda_max_figure, stable_lr_figure, trace_figure)]
 

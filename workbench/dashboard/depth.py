@@ -16,7 +16,7 @@ from ..train import TrainConfig
 from ..viz.depth import depth_heatmap, depth_lines
 from ._jobs import data_config
 from ._lab import ProbeLab
-from ._session import page
+from ._session import page, plotly_pane
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
 METRICS = ("stream_out_variance", "grad_norm", "block_output_variance", "relative_update",
@@ -39,8 +39,8 @@ class DepthLab(ProbeLab):
         self.model = "transformer"  # first: it narrows the data sets and resets the norm
         self.param.update(**{"depth": 6, "optimizer": "adam", "lr": 0.003, "steps": 150, **params})
         kw = {"height": 260, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
-        self.heatmaps = [pn.pane.Plotly(depth_heatmap(_EMPTY, title=p), **kw) for p in PLACEMENTS]
-        self.lines = pn.pane.Plotly(depth_lines({}), height=300, sizing_mode="stretch_width")
+        self.heatmaps = [plotly_pane(depth_heatmap(_EMPTY, title=p), **kw) for p in PLACEMENTS]
+        self.lines = plotly_pane(depth_lines({}), height=300, sizing_mode="stretch_width")
 
     def validate(self) -> None:
         if not self.placements:

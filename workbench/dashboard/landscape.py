@@ -13,7 +13,7 @@ import param
 
 from ..viz.landscape import contour_figure, line_figure, surface_figure
 from ._lab import ProbeLab
-from ._session import page
+from ._session import page, plotly_pane
 
 MAX_GRID = 41
 
@@ -37,9 +37,9 @@ class LandscapeLab(ProbeLab):
         self.result: pd.DataFrame | None = None
         kw = {"height": 380, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
         empty = pd.DataFrame({"metric": [], "alpha": [], "beta": [], "value": []})
-        self.line_plot = pn.pane.Plotly(line_figure(empty), **kw)
-        self.contour_plot = pn.pane.Plotly(contour_figure(empty), **kw)
-        self.surface_plot = pn.pane.Plotly(surface_figure(empty), **kw)
+        self.line_plot = plotly_pane(line_figure(empty), **kw)
+        self.contour_plot = plotly_pane(contour_figure(empty), **kw)
+        self.surface_plot = plotly_pane(surface_figure(empty), **kw)
 
     def validate(self) -> None:
         if not isinstance(self.grid, int) or not 3 <= self.grid <= MAX_GRID:

@@ -65,7 +65,7 @@ class LiveTraining(pn.viewable.Viewer):
         self._config: TrainConfig | None = None
 
         self.figure = live_loss_figure(log_y=self.log_y)
-        self.plot = pn.pane.Plotly(self.figure, height=380, sizing_mode="stretch_width",
+        self.plot = pn.pane.Plotly(self.figure, height=380, sizing_mode="stretch_width", link_figure=False,
                                    config={"displaylogo": False})
         self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
                                                sizing_mode="stretch_width")

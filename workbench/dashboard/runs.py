@@ -17,7 +17,7 @@ import param
 from ..store import RunStore
 from ..store.run import STATUSES
 from ..viz.curves import metric_curves
-from ._session import SessionApp, page
+from ._session import SessionApp, page, plotly_pane
 
 SEARCHED = ("run_id", "model", "norm", "dataset", "optimizer", "status")
 MAX_QUERY = 100
@@ -44,7 +44,7 @@ class RunBrowser(SessionApp):
         self.summary = pd.DataFrame(columns=list(SEARCHED))
         self.table = pn.widgets.Tabulator(self.summary, disabled=True, show_index=False,
                                           height=260, sizing_mode="stretch_width", pagination=None)
-        self.plot = pn.pane.Plotly(metric_curves(pd.DataFrame(
+        self.plot = plotly_pane(metric_curves(pd.DataFrame(
             columns=["run_id", "step", "probe", "metric", "layer", "value"])), height=380,
             sizing_mode="stretch_width", config={"displaylogo": False})
         self.reload_button = pn.widgets.Button(name="Reload store", width=120)

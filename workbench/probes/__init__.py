@@ -28,14 +28,15 @@ PROBES = {
     "depth_variance": depth_variance,
 }
 
-# Presets ordered by cost; every name must be in PROBES.
+# Presets ordered by cost; every name must be in PROBES. `cheap` and `standard` are meant to run
+# on the trainer's default schedule (every steps // 10) for a few percent of training time
+# (benchmarks/bench_probes.py measures it); curvature probes cost tens to hundreds of training
+# steps per call, so they are in `full` only.
 PRESETS = {
     "cheap": ("layer_norms", "channel_health"),
-    "standard": ("layer_norms", "hessian_top_eigs", "hessian_trace", "gradient_noise_scale",
-                 "channel_health", "smoothness_small"),
-    "full": ("layer_norms", "hessian_top_eigs", "hessian_trace", "gradient_noise_scale",
-             "hessian_density", "hessian_vs_batch_size", "channel_health", "smoothness",
-             "landscape"),
+    "standard": ("layer_norms", "channel_health", "smoothness_small"),
+    "full": ("layer_norms", "channel_health", "smoothness", "hessian_top_eigs", "hessian_trace",
+             "gradient_noise_scale", "hessian_density", "hessian_vs_batch_size", "landscape"),
 }
 # depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 

@@ -56,8 +56,8 @@ def _source(batch):
 
 
 def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batches: int = 3,
-                          mode: str = "train", kind: str = "hessian", params=None, max_iter: int = 60,
-                          tol: float = 1e-2, trace_matvecs: int = 12, density_steps: int = 0,
+                          mode: str = "train", kind: str = "hessian", params=None, max_iter: int = 40,
+                          tol: float = 1e-2, trace_matvecs: int = 9, density_steps: int = 0,
                           density_points: int = 60, adam: bool = True, adam_eps: float = 1e-8,
                           seed: int = 0) -> pd.DataFrame:
     """Extremal eigenvalues, trace (and density) of mini-batch Hessians for several batch sizes.
