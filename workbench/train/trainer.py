@@ -226,6 +226,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             bar = tqdm(total=cfg.steps, desc=f"{model_cfg.kind}/{model_cfg.norm} B={cfg.batch_size}",
                        leave=True)
         examples = 0
+        lr_batch, lr_varies = None, cfg.lr_decay != "constant"
         run.meta["setup_time"] = time.perf_counter() - t_start
         t0 = time.perf_counter()  # wall_time counts training steps, not data/model setup
         for step in range(cfg.steps):
@@ -233,11 +234,13 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 run.status = "cancelled"
                 break
             B = batches.batch_size(step)
-            lr = lr_at(step, total_steps=cfg.steps, base_lr=cfg.lr, batch_size=B,
-                       base_batch_size=cfg.base_batch_size, scaling=cfg.lr_scaling,
-                       warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            if lr_varies or step <= cfg.warmup_steps or B != lr_batch:  # else unchanged since last step
+                lr = lr_at(step, total_steps=cfg.steps, base_lr=cfg.lr, batch_size=B,
+                           base_batch_size=cfg.base_batch_size, scaling=cfg.lr_scaling,
+                           warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay)
+                lr_batch = B
+                for group in opt.param_groups:
+                    group["lr"] = lr
             idx = sampler.next(B).to(device)
             x, y = dataset.x_train[idx], dataset.y_train[idx]
 
@@ -254,7 +257,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             opt.zero_grad(set_to_none=True)
             losses, accs, cumulative = [], [], None
             for xm, ym in micro:
-                m = len(xm)
+                m = B if len(micro) == 1 else len(xm)
                 out = model(xm)
                 loss = loss_fn(out, ym)
                 (loss * (m / B) if m != B else loss).backward()
