@@ -227,3 +227,14 @@ def test_concurrent_runs_are_reproducible():
         t.join()
     for c, ref in zip(cfgs, alone):
         assert results[c.seed].metric("loss").equals(ref)
+
+
+def test_recorded_lr_follows_the_schedule_every_step():
+    from workbench.train import lr_at
+
+    cfg = TrainConfig.smoke().replace(steps=30, warmup_steps=5, lr_decay="cosine", lr=0.1)
+    lr = train(cfg).metric("lr")
+    expected = [lr_at(s, total_steps=30, base_lr=0.1, batch_size=16, base_batch_size=32,
+                      warmup_steps=5, decay="cosine") for s in range(30)]
+    assert lr.tolist() == pytest.approx(expected)
+    assert len(set(lr.round(12))) == 30  # warm-up then cosine: a new value every step
