@@ -106,8 +106,14 @@ def test_lab_trains_stops_measures_and_rejects(page, live_server, screenshot, ap
     _open(page, f"{live_server}/{app}")
     if app == "depth":  # four transformers side by side: keep them shallow here
         _set(page, "Depth", 3)
+    else:  # a bigger MLP, so 2000 steps cannot finish before Stop on a fast or idle machine
+        _set(page, "Batch size", 1024)
+        _set(page, "Width", 256)
     _train_then_stop(page, screenshot, "cancelled at step")
     page.get_by_text("done: ").first.wait_for()
+    if app != "depth":  # back to the small defaults for the measured run
+        _set(page, "Batch size", 32)
+        _set(page, "Width", 32)
     _set(page, "Steps", 40)
     _train_button(page).click()
     page.get_by_text("done: finished").wait_for(timeout=60_000)
