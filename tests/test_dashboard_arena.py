@@ -1,6 +1,7 @@
 """The Arena's state without a browser: lanes, presets, progress, Stop, bad input, divergence, queue."""
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -38,7 +39,7 @@ def _wait(predicate, timeout: float = 20.0) -> None:
 
 
 def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
-    app.steps, app.probes, app.probe_every = 30, ["channel_health"], 10
+    app.steps, app.probes, app.probe_every = 30, ["channel_health", "smoothness_small"], 10
     app.lanes[1].norm = "layer"
     assert app.start()
     assert app.train_button.disabled and not app.stop_button.disabled
@@ -47,8 +48,14 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
     assert [len(app.loss_fig.data[i].x) for i in range(2)] == [30, 30]
     assert [len(app.acc_fig.data[i].x) for i in range(2)] == [30, 30]
     assert [app.progress[i].value for i in range(2)] == [30, 30]
-    assert list(app.probe_fig.data[0].x) == [0, 10, 20, 29]  # as they arrived, + the last
-    assert "channel_health" in app.probe_fig.layout.title.text
+    # one panel per probe (in ARENA_PROBES order), one line per lane in each: trace r*4 + lane
+    titles = [a.text for a in app.probe_fig.layout.annotations]
+    assert titles == ["smoothness_small: beta_smoothness", "channel_health: dead_fraction"]
+    for r in range(2):
+        for lane in range(2):
+            assert list(app.probe_fig.data[4 * r + lane].x) == [0, 10, 20, 29]  # + the last step
+    assert all(math.isfinite(v) for v in app.probe_fig.data[0].y)
+    assert all(0 <= v <= 1 for v in app.probe_fig.data[4].y)  # a fraction of channels
     assert all("finished" in app.lane_status[i].object for i in range(2))
     assert app.lane_status[2].object == "" and app.status.object.startswith("done")
     store = RunStore(tmp_path / "runs")

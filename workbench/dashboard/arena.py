@@ -20,7 +20,7 @@ from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..train.schedules import LR_DECAY, LR_SCALING
 from ..viz.curves import diverged_marker
-from ..viz.lanes import lanes_figure, probe_summary, thin
+from ..viz.lanes import lanes_figure, probe_summary, probes_figure, thin
 from ._jobs import (
     DEFAULT_DATA,
     DEFAULT_NORM,
@@ -143,7 +143,8 @@ class Arena(SessionApp):
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self.loss_fig = lanes_figure([], metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure([], metric="accuracy")
-        self.probe_fig = lanes_figure([], metric="probe", title="probes (as they arrive)")
+        self.probe_fig = probes_figure([], [])
+        self._drawn_probes: list[str] = []
         kw = {"height": 330, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
         self.loss_plot, self.acc_plot, self.probe_plot = (
             plotly_pane(f, **kw) for f in (self.loss_fig, self.acc_fig, self.probe_fig))
@@ -203,7 +204,9 @@ class Arena(SessionApp):
         names = [lane.describe() for lane in self.lanes]
         self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure(names, metric="accuracy")
-        self.probe_fig = lanes_figure(names, metric="probe", title="probes (as they arrive)")
+        self._drawn_probes = [p for p in ARENA_PROBES if p in self.probes]
+        self.probe_fig = probes_figure(names, self._drawn_probes)
+        self.probe_plot.height = max(330, self.probe_fig.layout.height)
         self.loss_plot.object, self.acc_plot.object, self.probe_plot.object = (
             self.loss_fig, self.acc_fig, self.probe_fig)
         probes = probe_fns(self.probes)
@@ -275,20 +278,20 @@ class Arena(SessionApp):
         import pandas as pd
 
         t0 = time.perf_counter()
-        slow = time.monotonic() >= self._next_slow  # accuracy and probes: once a second
+        slow = not self.running or time.monotonic() >= self._next_slow  # accuracy, probes: 1/s
         for i in range(NUM_LANES):
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
                 xs, ys = self._curves[i].get(metric, ([], []))
                 if i < len(fig.data) and fig.data[i].name != "diverged":
                     fig.data[i].x, fig.data[i].y = thin(xs, ys)
-            if self._probe_frames[i] and i < len(self.probe_fig.data):
+            if slow and self._probe_frames[i]:
                 frame = pd.concat(self._probe_frames[i], ignore_index=True)
-                first = str(frame["probe"].iloc[0])
-                s = probe_summary(frame[frame["probe"] == first])
-                self.probe_fig.data[i].x, self.probe_fig.data[i].y = s["step"].tolist(), s["value"].tolist()
-                self.probe_fig.update_layout(title=f"{first} (as it arrives)")
-        plots = (self.loss_plot, self.acc_plot, self.probe_plot) if slow or not self.running else (
-            self.loss_plot,)
+                self._probe_frames[i] = [frame]  # concatenated once, not on every redraw
+                for r, probe in enumerate(self._drawn_probes):
+                    trace = self.probe_fig.data[r * NUM_LANES + i]
+                    s = probe_summary(frame[frame["probe"] == probe])
+                    trace.x, trace.y = s["step"].tolist(), s["value"].tolist()
+        plots = (self.loss_plot, self.acc_plot, self.probe_plot) if slow else (self.loss_plot,)
         for plot in plots:
             plot.param.trigger("object")
         if slow:

@@ -33,6 +33,32 @@ def lanes_figure(names: list[str], *, metric: str = "loss", log_y: bool = False,
     return fig
 
 
+def probes_figure(names: list[str], probes: list[str], *, height_per_probe: int = 150):
+    """One stacked panel per probe (its :data:`HEADLINE` metric), one line per lane in each.
+
+    Trace ``r * len(names) + i`` is probe ``r``, lane ``i``; only the first panel's lines are in
+    the legend. With no probe chosen, one empty panel says so.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = max(len(probes), 1)
+    titles = [f"{p}: {HEADLINE.get(p, 'value')}" for p in probes] or ["no probe chosen"]
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, subplot_titles=titles,
+                        vertical_spacing=min(0.12, 0.3 / rows))
+    for r in range(len(probes)):
+        for i, n in enumerate(names):
+            fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=n, legendgroup=n,
+                                     showlegend=r == 0, marker={"size": 5},
+                                     line={"color": LANE_COLORS[i % len(LANE_COLORS)]}),
+                          row=r + 1, col=1)
+    fig.update_layout(title="probes (as they arrive)", template="plotly_white", margin=MARGIN,
+                      uirevision="lanes", legend={"orientation": "h", "y": -0.2},
+                      height=120 + height_per_probe * rows)
+    fig.update_xaxes(title_text="step", row=rows, col=1)
+    return fig
+
+
 def probe_summary(frame: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     """``step, value`` of one probe metric: the whole-model row, or the mean over layers.
 
