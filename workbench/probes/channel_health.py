@@ -33,9 +33,9 @@ from .._validate import check_choice, check_positive
 from ..norms import is_norm_module
 from ..utils import preserved_state
 from ._directions import MODES
+from ._tidy import tidy_frame
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Softplus)
-COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged"]
 SUMMARY = ("dead_fraction", "constant_fraction", "one_sided_fraction", "duplicate_fraction",
            "duplicate_pairs", "median_elimination_distance", "channels")
 
@@ -140,12 +140,8 @@ def channel_health(model, batch, loss_fn=None, *, mode: str = "train", per_chann
             values.append((gain.detach().abs() < gain_threshold).double().mean().reshape(1))
             if per_channel:
                 channel_rows += [(name, "gain", float(v), c) for c, v in enumerate(gain.detach().tolist())]
-    summary = list(zip(names, metrics, torch.cat(values).tolist()))
-    frame = pd.DataFrame(summary, columns=["layer", "metric", "value"])
-    if per_channel:
-        frame["channel"] = -1
-        frame = pd.concat([frame, pd.DataFrame(channel_rows, columns=["layer", "metric", "value", "channel"])],
-                          ignore_index=True)
-    frame.insert(0, "probe", "channel_health")
-    frame["hvps"], frame["iters"], frame["converged"] = 0, 1, True
-    return frame[COLUMNS + (["channel"] if per_channel else [])]
+    summary = zip(names, metrics, torch.cat(values).tolist())
+    if not per_channel:
+        return tidy_frame("channel_health", summary)
+    return tidy_frame("channel_health", [(*row, -1) for row in summary] + channel_rows,
+                      extra=("channel",))

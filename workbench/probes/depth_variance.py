@@ -30,6 +30,7 @@ from .._validate import check_choice
 from ..models import MLP, ConvNet, Transformer
 from ..utils import preserved_state
 from ._directions import MODES, restore_buffers, snapshot_buffers
+from ._tidy import tidy_frame
 
 METRICS = ["stream_in_variance", "stream_in_rms", "stream_out_variance", "stream_out_rms",
            "block_output_variance", "relative_update", "angular_distance", "grad_norm",
@@ -133,7 +134,4 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
             table = torch.cat([torch.stack(stats), torch.stack(skips)[:, None]], dim=1).tolist()
     rows = [(name, metric, value) for (name, _), vals in zip(blocks, table)
             for metric, value in zip(METRICS, vals)]
-    frame = pd.DataFrame(rows, columns=["layer", "metric", "value"])
-    frame.insert(0, "probe", "depth_variance")
-    frame["hvps"], frame["iters"], frame["converged"] = 0, 1 + len(blocks), True
-    return frame[["probe", "metric", "layer", "value", "hvps", "iters", "converged"]]
+    return tidy_frame("depth_variance", rows, iters=1 + len(blocks))

@@ -295,4 +295,4 @@ def as_subsets(params) -> list:
     return subsets
 
 
-TIDY = ["probe", "metric", "layer", "value", "hvps", "iters", "converged"]
+from ._tidy import TIDY  # noqa: E402,F401  (the tidy columns; re-exported for the probes)

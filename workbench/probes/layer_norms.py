@@ -13,6 +13,7 @@ import torch
 
 from .._validate import check_choice
 from ..utils import preserved_state
+from ._tidy import tidy_frame
 
 MODES = ("train", "eval")
 
@@ -49,7 +50,4 @@ def layer_norms(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
         rows += [(name, "weight_norm", wn), (name, "grad_norm", gn),
                  (name, "grad_to_weight", gn / wn if wn > 0 else float("inf")),
                  (name, "inv_weight_norm_sq", 1.0 / wn**2 if wn > 0 else float("inf"))]
-    frame = pd.DataFrame(rows, columns=["layer", "metric", "value"])
-    frame.insert(0, "probe", "layer_norms")
-    frame["hvps"], frame["iters"], frame["converged"] = 0, 1, True
-    return frame[["probe", "metric", "layer", "value", "hvps", "iters", "converged"]]
+    return tidy_frame("layer_norms", rows)

@@ -27,8 +27,7 @@ import torch
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
 from ._directions import MODES, assign, flatten, restore_buffers, snapshot_buffers, trainable
-
-COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged"]
+from ._tidy import tidy_frame
 
 
 def eta_grid(lr: float, etas=None, num_etas: int = 8) -> list[float]:
@@ -125,18 +124,14 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
         rows += [(name, "grad_norm", gn), (name, "weight_norm", wn),
                  (name, "lr_effective", lr / wn**2 if wn > 0 else math.inf),
                  (name, "grad_predictiveness", gp), (name, "beta_smoothness", bs)]
-    frame = pd.DataFrame(rows, columns=["layer", "metric", "value"])
-    if per_eta:
-        e, tail = len(etas), vals[k + 4 * n_l:]
-        per = [("", metric, tail[j * e + i], eta) for j, metric in
-               enumerate(["loss_at_eta", "grad_change_at_eta", "beta_at_eta"])
-               for i, eta in enumerate(etas)]
-        frame["eta"] = math.nan
-        frame = pd.concat([frame, pd.DataFrame(per, columns=["layer", "metric", "value", "eta"])],
-                          ignore_index=True)
-    frame.insert(0, "probe", "smoothness")
-    frame["hvps"], frame["iters"], frame["converged"] = 0, len(etas) + 1, True
-    return frame[COLUMNS + (["eta"] if per_eta else [])]
+    if not per_eta:
+        return tidy_frame("smoothness", rows, iters=len(etas) + 1)
+    e, tail = len(etas), vals[k + 4 * n_l:]
+    per = [("", metric, tail[j * e + i], eta) for j, metric in
+           enumerate(["loss_at_eta", "grad_change_at_eta", "beta_at_eta"])
+           for i, eta in enumerate(etas)]
+    return tidy_frame("smoothness", [(*r, math.nan) for r in rows] + per, iters=len(etas) + 1,
+                      extra=("eta",))
 
 
 # The training-time variant: two step sizes (lr/16 and 2 lr), three gradients per call.

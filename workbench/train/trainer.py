@@ -17,6 +17,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -75,7 +76,7 @@ class _Rows:
         self.probe: list[str] = []
         self.metric: list[str] = []
         self.value: list[float] = []
-        self.extra: list[pd.DataFrame] = []
+        self.extra: list[tuple[int, str, pd.DataFrame]] = []
 
     def add(self, step: int, probe: str, metrics: dict) -> None:
         for name, value in metrics.items():
@@ -85,19 +86,31 @@ class _Rows:
             self.value.append(float(value))
 
     def add_frame(self, step: int, probe: str, frame: pd.DataFrame) -> None:
-        frame = frame.copy()
-        frame.insert(0, "step", step)
-        frame.insert(0, "run_id", self.run_id)
-        if "probe" not in frame:
-            frame["probe"] = probe
-        if "layer" not in frame:
-            frame["layer"] = ""
-        self.extra.append(frame)
+        """Keep a probe's frame; its ``run_id``/``step`` (and missing columns) are added once, at the end."""
+        self.extra.append((step, probe, frame))
+
+    def _probe_rows(self) -> pd.DataFrame | None:
+        kept = [(step, probe, f) for step, probe, f in self.extra if len(f)]
+        if not kept:
+            return None
+        out = pd.concat([f for _, _, f in kept], ignore_index=True)
+        lengths = [len(f) for _, _, f in kept]
+        out.insert(0, "step", np.repeat(np.array([s for s, _, _ in kept], dtype=np.int64), lengths))
+        out.insert(0, "run_id", self.run_id)
+        named = np.repeat(np.array([p for _, p, _ in kept], dtype=object), lengths)
+        if "probe" not in out:
+            out["probe"] = named
+        elif out["probe"].isna().any():  # a callable probe that did not name its rows
+            out["probe"] = out["probe"].fillna(pd.Series(named, index=out.index))
+        if "layer" not in out:
+            out["layer"] = ""
+        return out
 
     def frame(self) -> pd.DataFrame:
         base = pd.DataFrame({"run_id": self.run_id, "step": self.step, "probe": self.probe,
                              "metric": self.metric, "layer": "", "value": self.value})
-        frames = [f for f in [base, *self.extra] if len(f)]
+        probes = self._probe_rows()
+        frames = [f for f in (base, probes) if f is not None and len(f)]
         if not frames:
             return empty_frame()
         out = pd.concat(frames, ignore_index=True)
