@@ -49,7 +49,8 @@ endif
 
 serve: venv
 	$(BIN)/panel serve apps/*.py --address 127.0.0.1 --port $(PORT) \
-		--allow-websocket-origin 127.0.0.1:$(PORT) --allow-websocket-origin localhost:$(PORT)
+		--allow-websocket-origin 127.0.0.1:$(PORT) --allow-websocket-origin localhost:$(PORT) \
+		--check-unused-sessions 1000 --unused-session-lifetime 1000
 
 lab: venv
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 $(ROOT_FLAG)

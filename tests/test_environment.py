@@ -115,3 +115,14 @@ def test_core_imports_without_frontend_packages():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+def test_make_serve_stops_closed_tabs_as_soon_as_the_test_server():
+    """`make serve` and the in-process server destroy a closed tab's session equally fast."""
+    pytest.importorskip("panel")
+    from workbench.dashboard.server import CHECK_UNUSED_MS, UNUSED_SESSION_MS
+
+    make = (ROOT / "Makefile").read_text()
+    assert f"--check-unused-sessions {CHECK_UNUSED_MS}" in make
+    assert f"--unused-session-lifetime {UNUSED_SESSION_MS}" in make
+    assert "--address 127.0.0.1" in make

@@ -124,3 +124,31 @@ def test_lab_trains_stops_measures_and_rejects(page, live_server, screenshot, ap
     _train_button(page).click()
     page.get_by_text(message).wait_for(timeout=5_000)
     screenshot("error")
+
+
+def _training_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name.startswith("train-") and t.is_alive()}
+
+
+def test_closing_the_tab_stops_its_training(browser, live_server):
+    """The server stops a closed tab's runs (session destroyed within ~2 s, see server.py)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 820})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    _open(page, f"{live_server}/arena")
+    # checkboxes: 4 probes, log y, then per lane "Train this lane" and WS: lane 2's is the 8th
+    page.get_by_role("checkbox").nth(7).uncheck()
+    for label, value in (("Steps", 2000), ("Width", 256), ("Depth", 8), ("Batch size", 1024)):
+        _set(page, label, value)  # a run of a minute or more on this CPU
+    before = _training_threads()
+    _train_button(page).click()
+    _wait_points(page, 3)
+    ours = _training_threads() - before
+    assert len(ours) == 1
+    context.close()  # the tab goes away without pressing Stop
+    t0 = time.monotonic()
+    while any(t.is_alive() for t in ours):
+        assert time.monotonic() - t0 < 15, "the closed tab's training is still running"
+        time.sleep(0.1)
