@@ -139,7 +139,7 @@ def ours_eigs(model, batch, k):
 
 def ours_trace(model, batch):
     def run(m, seed):
-        f = hessian_trace(model, batch, CE, num_matvecs=m, method="hutchpp", seed=seed)
+        f = hessian_trace(model, batch, CE, num_matvecs=m, method="auto", seed=seed)
         return f[f.metric == "trace"].value.item(), int(f.hvps.iloc[0])
     return run
 

@@ -284,3 +284,56 @@ def test_batch_channel_train_mode_and_powernorm():
         v, w = torch.randn(2, op.dim, generator=g, dtype=torch.float64)
         torch.testing.assert_close(op.mv(2 * v + w), 2 * op.mv(v) + op.mv(w))
         assert float(op.mv(torch.zeros_like(v)).abs().max()) == 0
+
+
+class _DenseOp:
+    """A symmetric matrix behind the ``mm`` interface of a curvature operator."""
+
+    def __init__(self, H):
+        self.H, self.dim, self.device, self.dtype = H, H.shape[0], H.device, H.dtype
+
+    def mm(self, vs):
+        return vs @ self.H
+
+
+def _symmetric(eigenvalues, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g,
+                                       dtype=torch.float64))
+    return (Q * torch.as_tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
+@pytest.mark.parametrize("spectrum, expected", [
+    ("flat", "hutchinson"),  # eigenvalues spread evenly: the sketch removes almost nothing
+    ("spiked", "hutchpp"),   # five outliers carry most of the Frobenius norm
+])
+def test_auto_trace_picks_the_estimator_with_the_smaller_error(spectrum, expected):
+    from workbench.probes.hessian_trace import _trace
+
+    p, m, seeds = 300, 30, range(60)
+    rng = np.random.default_rng(0)
+    lam = rng.uniform(0.0, 1.0, p) if spectrum == "flat" else np.r_[[50.0, 40, 30, 20, 10],
+                                                                      rng.uniform(-0.1, 0.1, p - 5)]
+    op = _DenseOp(_symmetric(lam))
+    true = lam.sum()
+    runs = {meth: [_trace(op, meth, m, seed) for seed in seeds]
+            for meth in ("auto", "hutchpp", "hutchinson")}
+    assert {used for _, _, used in runs["auto"]} == {expected}
+    err = {meth: np.sqrt(np.mean([(tr - true) ** 2 for tr, _, _ in r])) for meth, r in runs.items()}
+    assert err["auto"] == pytest.approx(err[expected], rel=0.6)  # same estimator, 2/3 vs all of m
+    other = "hutchpp" if expected == "hutchinson" else "hutchinson"
+    assert err["auto"] < err[other]
+    # unbiased, with an honest standard error: the mean over seeds is within 4 of its errors
+    tr_auto = np.array([tr for tr, _, _ in runs["auto"]])
+    assert abs(tr_auto.mean() - true) < 4 * tr_auto.std() / np.sqrt(len(tr_auto)) + 1e-9
+    se = np.array([s for _, s, _ in runs["auto"]])
+    assert 0.5 < np.median(se) / tr_auto.std() < 2.0
+
+
+def test_auto_trace_is_the_default_and_reports_its_estimator():
+    model, batch = mlp("batch"), features()
+    true = float(torch.trace(dense(model, batch, CE, "train")))
+    f = hessian_trace(model, batch, CE, num_matvecs=60, seed=1)
+    rows = f.set_index("metric").value
+    assert set(f.method) <= {"hutchpp", "hutchinson"}
+    assert abs(rows["trace"] - true) <= 4 * rows["trace_stderr"] + 1e-9

@@ -58,6 +58,8 @@ def _train_then_stop(page, screenshot, done_text: str) -> None:
 
 def test_arena_trains_lanes_live_and_stops(page, live_server, screenshot):
     _open(page, f"{live_server}/arena")
+    for label, value in (("Width", 256), ("Depth", 4)):  # so that Stop lands mid-run
+        _set(page, label, value)
     _train_then_stop(page, screenshot, "done: every lane has ended")
     assert page.get_by_text("cancelled at step").count() == 2  # in the two lanes' cards
     _set(page, "Width", 4096)

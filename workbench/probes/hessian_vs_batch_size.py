@@ -42,7 +42,7 @@ def _spectrum(op, *, max_iter, tol, trace_matvecs, density_steps, seed):
     res = lanczos_eigs(op.mv, v0, k=1, bottom_k=1, max_iter=max_iter, tol=tol)
     out = {"lambda_max": float(res.top[0]), "lambda_min": float(res.bottom[0]), "converged": res.converged}
     if trace_matvecs:
-        out["trace"] = trace_estimate(op, "hutchpp", trace_matvecs, seed)[0]
+        out["trace"] = trace_estimate(op, "auto", trace_matvecs, seed)[0]
     if density_steps:
         out["quadrature"] = lanczos_quadrature(
             op.mm, random_vectors(2, op.dim, seed=seed + 7, device=op.device, dtype=op.dtype), density_steps)
@@ -71,7 +71,8 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); one subset.
         max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run); the
             residual bound ``tol * max|lambda|`` (default 1e-2) is far below the batch-to-batch spread.
-        trace_matvecs: Hutch++ products per Hessian (0: no trace).
+        trace_matvecs: products per Hessian for the trace (``method="auto"`` of
+            :func:`~.hessian_trace.hessian_trace`; 0: no trace).
         density_steps: SLQ steps (2 runs) per Hessian, averaged into a density per B (0: none).
         adam: also the Adam-preconditioned Hessian ``P^-1/2 H P^-1/2``, ``P = diag(sqrt(v_B)+eps)``.
         seed: of the batch draws and probe vectors (local generators).

@@ -56,6 +56,9 @@ def probes_figure(names: list[str], probes: list[str], *, height_per_probe: int 
                       uirevision="lanes", legend={"orientation": "h", "y": -0.2},
                       height=120 + height_per_probe * rows)
     fig.update_xaxes(title_text="step", row=rows, col=1)
+    if not probes:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     return fig
 
 
