@@ -164,3 +164,17 @@ def test_layout_has_lanes_buttons_and_plots():
     names = [type(obj).__name__ for obj in page.select()]
     assert names.count("Progress") == 4 and names.count("Plotly") == 3
     assert {"Button", "Alert", "Card", "CheckBoxGroup"} <= set(names)
+
+
+def test_thin_keeps_the_last_point_and_sends_float_arrays():
+    import numpy as np
+
+    from workbench.viz.lanes import thin
+
+    xs, ys = list(range(1001)), [float(i) ** 0.5 for i in range(1001)]
+    x, y = thin(xs, ys, max_points=400)
+    assert x.dtype == y.dtype == np.float64  # Bokeh ships these as binary buffers
+    assert len(x) <= 401 and x[0] == 0 and x[-1] == 1000 and y[-1] == ys[-1]
+    assert np.all(np.diff(x) > 0) and np.allclose(y, np.sqrt(x))
+    x, y = thin(xs[:50], ys[:50])
+    assert list(x) == xs[:50]  # short curves pass whole

@@ -233,6 +233,22 @@ def store_for(store_root: str | Path | None) -> RunStore | None:
     return RunStore(store_root) if store_root is not None else None
 
 
+def refresh_callback(callback, period_ms: int = REFRESH_MS):
+    """Run ``callback`` every ``period_ms`` on the session's event loop, as *background* work.
+
+    ``pn.state.add_periodic_callback`` marks every call as busy, which flips the template's
+    busy spinner on and off (two more messages to the browser) 5 times a second for as long as
+    a run lasts: a page that looks busy while it is only streaming points.
+    """
+    import panel as pn
+    from panel.io.callbacks import PeriodicCallback
+
+    cb = PeriodicCallback(callback=callback, period=period_ms, background=True)
+    cb.start()
+    pn.state._periodic.setdefault(pn.state.curdoc, []).append(cb)  # stopped with the session
+    return cb
+
+
 def session_bound() -> bool:
     import panel as pn
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from ._jobs import REFRESH_MS, session_bound
+from ._jobs import refresh_callback, session_bound
 
 
 class SessionApp(pn.viewable.Viewer):
@@ -38,7 +38,7 @@ class SessionApp(pn.viewable.Viewer):
 
     def start_periodic(self) -> None:
         if self._periodic is None and session_bound():
-            self._periodic = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+            self._periodic = refresh_callback(self.refresh)
 
     def stop_periodic(self) -> None:
         if self._periodic is not None:

@@ -141,6 +141,7 @@ class Arena(SessionApp):
         self._curves: list[dict] = [{} for _ in range(NUM_LANES)]  # lane -> metric -> (xs, ys)
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
+        self._last: list[tuple[int, dict] | None] = [None] * NUM_LANES  # latest (step, metrics)
         self.loss_fig = lanes_figure([], metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure([], metric="accuracy")
         self.probe_fig = probes_figure([], [])
@@ -211,7 +212,7 @@ class Arena(SessionApp):
             self.loss_fig, self.acc_fig, self.probe_fig)
         probes = probe_fns(self.probes)
         for i, cfg in configs:
-            self._curves[i] = {"loss": ([], []), "accuracy": ([], [])}
+            self._curves[i], self._last[i] = {"loss": ([], []), "accuracy": ([], [])}, None
             self._probe_frames[i] = []
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
             self.lane_status[i].object = f"**{names[i]}**: waiting to start"
@@ -255,10 +256,7 @@ class Arena(SessionApp):
                         if v is not None and math.isfinite(v):
                             xs.append(step)
                             ys.append(v)
-                self.progress[i].value = min(points[-1][0] + 1, self.progress[i].max)
-                self.lane_status[i].object = (f"**{self.lanes[i].describe()}**: step "
-                                              f"{points[-1][0] + 1}/{self.progress[i].max}, "
-                                              f"loss {points[-1][1]['loss']:.4g}")
+                self._last[i] = points[-1]  # bar and status line: once a second, in _draw
             elif job.state == "queued":
                 self.lane_status[i].object = f"**{self.lanes[i].describe()}**: {SLOTS.describe()}"
             if frames:
@@ -280,6 +278,12 @@ class Arena(SessionApp):
         t0 = time.perf_counter()
         slow = not self.running or time.monotonic() >= self._next_slow  # accuracy, probes: 1/s
         for i in range(NUM_LANES):
+            if slow and self._last[i] is not None and self.jobs[i] is not None:
+                step, metrics = self._last[i]
+                self.progress[i].value = min(step + 1, self.progress[i].max)
+                self.lane_status[i].object = (f"**{self.lanes[i].describe()}**: step "
+                                              f"{step + 1}/{self.progress[i].max}, "
+                                              f"loss {metrics['loss']:.4g}")
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
                 xs, ys = self._curves[i].get(metric, ([], []))
                 if i < len(fig.data) and fig.data[i].name != "diverged":
@@ -305,6 +309,7 @@ class Arena(SessionApp):
         self.jobs[i] = None
         run, name = job.result, self.lanes[i].describe()
         note = f" ({job.saved})" if job.saved else ""
+        self.progress[i].value = min(run.steps_done, self.progress[i].max)
         if run.status == "finished":
             self.progress[i].value = self.progress[i].max
             self.lane_status[i].object = (f"**{name}**: finished, final loss {run.final('loss'):.4g}"

@@ -19,18 +19,19 @@ from ..models import MODELS
 from ..store import Run, RunStore
 from ..train import OPTIMIZERS, CancelToken, TrainConfig, train
 from ..viz.curves import diverged_marker, live_loss_figure
+from ..viz.lanes import thin
 
 # Helpers, limits and the server-wide training slots are shared with the other dashboards.
 from ._jobs import (  # noqa: E402
     DEFAULT_DATA,
     DEFAULT_NORM,
     MAX_STEPS,
-    REFRESH_MS,
     SAVED_STATUSES,
     SLOTS,
     data_config,
     datasets_for,
     norms_for,
+    refresh_callback,
 )
 
 
@@ -200,7 +201,7 @@ class LiveTraining(pn.viewable.Viewer):
                     self._xs.append(step)
                     self._ys.append(loss)
             trace = self.figure.data[0]
-            trace.x, trace.y = list(self._xs), list(self._ys)
+            trace.x, trace.y = thin(self._xs, self._ys)
             self.progress.value = min(points[-1][0] + 1, self.progress.max)
             if result is None and not (self._cancel and self._cancel.cancelled):
                 self.status.object = (f"training… step {points[-1][0] + 1}/{self.progress.max}, "
@@ -238,7 +239,7 @@ class LiveTraining(pn.viewable.Viewer):
         # Only inside a served session: without a document there is no loop to run on (tests
         # call refresh() themselves).
         if self._periodic is None and pn.state.curdoc is not None and pn.state.curdoc.session_context:
-            self._periodic = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+            self._periodic = refresh_callback(self.refresh)
 
     def _stop_periodic(self) -> None:
         if self._periodic is not None:
