@@ -337,3 +337,26 @@ def test_auto_trace_is_the_default_and_reports_its_estimator():
     rows = f.set_index("metric").value
     assert set(f.method) <= {"hutchpp", "hutchinson"}
     assert abs(rows["trace"] - true) <= 4 * rows["trace_stderr"] + 1e-9
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_first_block_keeps_the_products_it_timed(batched):
+    """The batched-vs-looped timing spends 12 products on the first block; 4 of them are results."""
+    model, batch = mlp("layer"), features()
+    H = dense(model, batch, CE, "train")
+    V = torch.randn(9, H.shape[0], dtype=H.dtype, generator=torch.Generator().manual_seed(4))
+    with curvature_operator(model, batch, CE, mode="train") as op:
+        with mock.patch.object(type(op), "_apply", autospec=True, side_effect=type(op)._apply) as spy:
+            if not batched:  # a module whose backward cannot be vmapped: the loop from the start
+                real = spy.side_effect
+
+                def no_vmap(self, vs, is_batched):
+                    if is_batched:
+                        raise RuntimeError("no vmap")
+                    return real(self, vs, is_batched)
+                spy.side_effect = no_vmap
+            out = op.mm(V)
+        torch.testing.assert_close(out, V @ H)
+        assert op.hvps == (12 + 5 if batched else 9)
+        torch.testing.assert_close(op.mm(V[:2]), V[:2] @ H)
+        assert op.hvps == (12 + 5 if batched else 9) + 2

@@ -186,12 +186,16 @@ class CurvatureOperator:
         Note:
             On small models a block of k costs about one product per vector or less (vmap over the
             backward); on compute-bound ones a loop is faster. The first block of >= 4 vectors
-            times both (12 products, counted in ``hvps``) and keeps the faster; modules whose backward cannot
-            be vmapped always loop.
+            times both on its first 4 vectors (12 products, counted in ``hvps``; the looped 4 are
+            kept as the block's first results) and keeps the faster; modules whose backward
+            cannot be vmapped always loop.
         """
         vs = vs.to(self.device, self.dtype)
         if self._batched is None and vs.shape[0] >= 4:
-            self._batched = self._batching_pays(vs[:4])
+            self._batched, first = self._batching_pays(vs[:4])
+            if first is not None:  # the timing's products are real ones: the block's first four
+                rest = self.mm(vs[4:]) if vs.shape[0] > 4 else first[:0]
+                return torch.cat([first, rest])
         out = None
         if self._batched and vs.shape[0] > 1:
             try:
@@ -207,29 +211,33 @@ class CurvatureOperator:
         self.hvps += vs.shape[0]
         return out
 
-    def _batching_pays(self, vs: torch.Tensor) -> bool:
+    def _batching_pays(self, vs: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
         """Time one batched block against a loop (once per operator): batching wins on small or
-        latency-bound problems and loses on compute-bound CPU ones (peers.md §5)."""
+        latency-bound problems and loses on compute-bound CPU ones (peers.md §5).
+
+        Returns the decision and the looped products of ``vs`` (None if batching failed before
+        them), which the caller uses: of the 3 x k products spent here (counted), k are kept.
+        """
         def clock(fn):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             t = time.perf_counter()
-            fn()
+            out = fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            return time.perf_counter() - t
+            return time.perf_counter() - t, out
         try:
             with warnings.catch_warnings(), torch.enable_grad():
                 warnings.simplefilter("ignore")
                 self._apply(vs, True)  # warm-up (vmap set-up)
-                batched = clock(lambda: self._apply(vs, True))
+                batched, _ = clock(lambda: self._apply(vs, True))
         except (RuntimeError, NotImplementedError):
             self._reset_buffers()
-            return False
+            return False, None
         with torch.enable_grad():
-            looped = clock(lambda: [self._apply(v, False) for v in vs])
+            looped, out = clock(lambda: torch.stack([self._apply(v, False).detach() for v in vs]))
         self.hvps += 3 * vs.shape[0]  # spent on the decision, counted
-        return batched < looped
+        return batched < looped, out
 
     def release(self) -> None:
         """Drop the retained graph (frees activation memory)."""
