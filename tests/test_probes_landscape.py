@@ -103,12 +103,19 @@ def test_batched_evaluation_matches_one_point_per_call(norm, mode):
     model, batch = _mlp(norm), _batch()
     with torch.no_grad():
         _scramble_running_stats(model, 3)
-    one = landscape(model, batch, LF, steps=7, mode=mode)
+    one = landscape(model, batch, LF, steps=7, mode=mode, points_per_call=1)
     many = landscape(model, batch, LF, steps=7, mode=mode, points_per_call=10)
     torch.testing.assert_close(torch.tensor(many.value.tolist()), torch.tensor(one.value.tolist()),
                                rtol=1e-5, atol=1e-6)
+    # "auto" (the default) times both on the first 3 chunks of 16 points and keeps every result:
+    # whichever it picks, the grid's losses (and their order) are those of one point per call
+    auto = landscape(model, batch, LF, steps=7, mode=mode)  # 49 points: timing + 1 point left
+    torch.testing.assert_close(torch.tensor(auto.value.tolist()), torch.tensor(one.value.tolist()),
+                               rtol=1e-5, atol=1e-6)
+    assert auto.alpha.tolist() == one.alpha.tolist() and auto.beta.tolist() == one.beta.tolist()
     other = _mlp(norm, seed=3)
-    one = landscape(model, batch, LF, direction="checkpoint", other=other, dims=1, steps=5, mode=mode)
+    one = landscape(model, batch, LF, direction="checkpoint", other=other, dims=1, steps=5, mode=mode,
+                    points_per_call=1)
     many = landscape(model, batch, LF, direction="checkpoint", other=other, dims=1, steps=5, mode=mode,
                      points_per_call=3)
     torch.testing.assert_close(torch.tensor(many.value.tolist()), torch.tensor(one.value.tolist()),
@@ -155,3 +162,28 @@ def test_hessian_directions_when_the_curvature_probe_is_present():
 def test_bad_input_is_a_value_error_that_says_what_is_supported(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         landscape(_mlp(), _batch(), LF, **kwargs)
+
+
+@pytest.mark.parametrize("batched_faster", [True, False])
+def test_auto_points_per_call_finishes_the_grid_with_the_faster_way(batched_faster, monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    module = importlib.import_module("workbench.probes.landscape")
+
+    model, batch = _mlp("batch"), _batch()
+    ref = landscape(model, batch, LF, steps=9, mode="train", points_per_call=1)
+    calls = []
+    real = module._batched
+
+    def spy(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return lambda C: calls.append(len(C)) or run(C)
+    monkeypatch.setattr(module, "_batched", spy)
+    # clock readings t0, t1, t2: batched chunk takes 1 s or 3 s, the one-by-one chunk 2 s
+    ticks = iter([0.0, 1.0, 3.0] if batched_faster else [0.0, 3.0, 5.0])
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    auto = landscape(model, batch, LF, steps=9, mode="train")  # 81 points: 48 timed, 33 left
+    assert calls == ([16, 16, 16, 16, 1] if batched_faster else [16, 16])
+    torch.testing.assert_close(torch.tensor(auto.value.tolist()), torch.tensor(ref.value.tolist()),
+                               rtol=1e-5, atol=1e-6)
