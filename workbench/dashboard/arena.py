@@ -88,7 +88,8 @@ class Lane(param.Parameterized):
         if self.model == "transformer":
             bits.append(self.placement)
         mb = f"/{self.micro_batch}" if self.micro_batch else ""
-        return f"{' '.join(bits)} B={self.batch_size}{mb} {self.optimizer} {self.lr:g}"
+        seed = f" seed {self.seed}" if self.seed else ""  # lanes that differ only by seed
+        return f"{' '.join(bits)} B={self.batch_size}{mb} {self.optimizer} {self.lr:g}{seed}"
 
     def build(self, *, steps: int, width: int, depth: int) -> TrainConfig:
         """The run this lane describes; ValueError with a readable message otherwise."""
