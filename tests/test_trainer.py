@@ -118,6 +118,28 @@ def test_probes_run_on_schedule_and_leave_training_unchanged():
     assert probed.metric("loss").equals(plain.metric("loss"))
 
 
+def test_callable_probe_rows_get_their_name_step_and_whole_model_layer():
+    import pandas as pd
+
+    def gap(model, batch, loss_fn):  # no probe or layer column: named by its key, layer ""
+        return pd.DataFrame({"metric": ["gap"], "value": [1.0]})
+
+    cfg = TrainConfig.smoke().replace(model=MLPConfig(depth=2, width=16, norm="batch"))
+    from workbench.probes import layer_norms
+
+    run = train(cfg, probes={"gap": gap, "layer_norms": layer_norms}, schedule=every(10))
+    rows = run.frame[run.frame.probe == "gap"]
+    assert rows.step.tolist() == [0, 10, 19] and (rows.layer == "").all()
+    assert (run.frame[run.frame.probe == "layer_norms"].layer != "").all()
+
+    def clashing(model, batch, loss_fn):
+        return pd.DataFrame({"metric": ["x"], "value": [1.0], "step": [7]})
+
+    with pytest.warns(RuntimeWarning, match="sets itself"):
+        bad = train(cfg, probes={"clashing": clashing}, schedule=every(10))
+    assert bad.status == "failed" and "'step'" in bad.error and bad.frame is not None
+
+
 def test_log_spaced_schedule():
     s = log_spaced(5)
     steps = [t for t in range(1000) if s(t, 1000)]

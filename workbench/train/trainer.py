@@ -87,6 +87,9 @@ class _Rows:
 
     def add_frame(self, step: int, probe: str, frame: pd.DataFrame) -> None:
         """Keep a probe's frame; its ``run_id``/``step`` (and missing columns) are added once, at the end."""
+        clash = [c for c in ("run_id", "step") if c in frame.columns]
+        if clash:  # raised here, inside the loop: the run ends as failed, its rows kept
+            raise ValueError(f"probe {probe!r} returned column(s) {clash} that the trainer sets itself")
         self.extra.append((step, probe, frame))
 
     def _probe_rows(self) -> pd.DataFrame | None:
@@ -102,8 +105,11 @@ class _Rows:
             out["probe"] = named
         elif out["probe"].isna().any():  # a callable probe that did not name its rows
             out["probe"] = out["probe"].fillna(pd.Series(named, index=out.index))
+        lacks_layer = np.repeat(np.array(["layer" not in f for _, _, f in kept]), lengths)
         if "layer" not in out:
             out["layer"] = ""
+        elif lacks_layer.any():  # a callable probe without per-layer rows: whole model
+            out.loc[lacks_layer, "layer"] = ""
         return out
 
     def frame(self) -> pd.DataFrame:
