@@ -154,3 +154,25 @@ def test_closing_the_tab_stops_its_training(browser, live_server):
     while any(t.is_alive() for t in ours):
         assert time.monotonic() - t0 < 15, "the closed tab's training is still running"
         time.sleep(0.1)
+
+
+def test_two_sessions_never_see_each_others_runs(browser, live_server, page):
+    """Each tab gets its own Arena: a run in one is not drawn, listed or stoppable in the other."""
+    other = browser.new_context(viewport={"width": 1300, "height": 820})
+    other.set_default_timeout(20_000)
+    watcher = other.new_page()
+    try:
+        _open(page, f"{live_server}/arena")
+        _open(watcher, f"{live_server}/arena")
+        for label, value in (("Steps", 2000), ("Width", 256), ("Depth", 4)):
+            _set(page, label, value)
+        _train_button(page).click()
+        _wait_points(page, 10)
+        watcher.wait_for_timeout(1000)  # several refresh periods of the watching session
+        assert _points(watcher) == 0
+        assert watcher.get_by_text("idle: set up the lanes").count() == 1
+        assert watcher.get_by_role("button", name="Stop").is_disabled()
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("done: every lane has ended").wait_for(timeout=5_000)
+    finally:
+        other.close()
