@@ -18,11 +18,19 @@ THREADS ?= 1
 TEST_ENV = OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) OPENBLAS_NUM_THREADS=$(THREADS)
 PYTEST_ARGS ?= -q
 
+# Peers (PyHessian, hessian-eigenthings, loss-landscapes) for `make bench`, in their own venv as in
+# shared/peers.md §3.1: never in the project venv. bench_hessian runs with this venv's python (the
+# workbench core only needs torch, numpy, pandas); bench_probes imports loss-landscapes from its
+# site-packages. The same constraints keep torch the local CPU build.
+PEERS_VENV  ?= .venv-peers
+PEERS_STAMP  = $(PEERS_VENV)/.peers-installed
+PEERS        = pyhessian==0.1 hessian-eigenthings==1.0.0a5 loss-landscapes==3.0.6
+
 NOTEBOOKS = $(wildcard notebooks/*.ipynb)
 BENCHES   = $(wildcard benchmarks/bench_*.py)
 ROOT_FLAG = $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv test test-py test-notebooks serve lab bench lint clean distclean help
+.PHONY: venv test test-py test-notebooks serve lab bench bench-peers lint clean distclean help
 
 help:
 	@echo "make venv | test | serve [PORT=5006] | lab | bench | lint | clean | distclean"
@@ -55,9 +63,21 @@ serve: venv
 lab: venv
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 $(ROOT_FLAG)
 
-bench: venv
+$(PEERS_STAMP): constraints.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q -c constraints.txt torch numpy pandas scipy tqdm $(PEERS)
+	touch $@
+
+bench-peers: $(PEERS_STAMP)
+
+# Each benchmark prints its ratios against the peers measured in the same run.
+bench: venv $(PEERS_STAMP)
 ifneq ($(BENCHES),)
-	set -e; for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
+	set -e; for b in $(BENCHES); do echo "== $$b"; \
+		if [ "$$b" = benchmarks/bench_hessian.py ]; then \
+			PYTHONPATH=. $(PEERS_VENV)/bin/python $$b; \
+		else NORMLAB_PEER_SITE=$$($(PEERS_VENV)/bin/python -c \
+			'import sysconfig; print(sysconfig.get_paths()["purelib"])') $(BIN)/python $$b; fi; done
 else
 	@echo "no benchmarks/bench_*.py yet"
 endif
@@ -72,4 +92,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PEERS_VENV)

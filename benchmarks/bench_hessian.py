@@ -19,14 +19,14 @@ one HVP <= 2x a gradient; block HVPs <= 1.2x a gradient per vector. The table pr
 time ratios (< 1: we are faster). Every run is repeated with seeds 0, 1, 2 (starting and probe
 vectors); a budget counts as reaching the accuracy when all three do, and its mean time is shown.
 
-Peers are optional and are imported only when installed; ``make bench`` runs this file with the
-project venv, where they are absent, and then prints our numbers with "not installed" notes. To
-compare, install them in a scratch venv outside the repo (peers.md §3.1) and run with it:
+Peers are optional and are imported only when installed. ``make bench`` builds them a venv of their
+own (``.venv-peers``: PyHessian, hessian-eigenthings, loss-landscapes with the CPU torch pin; never
+the project venv, peers.md §3.1) and runs this file with it:
 
-    python3.11 -m venv /tmp/peers-venv
-    /tmp/peers-venv/bin/pip install -c constraints.txt torch==2.13.0 numpy pandas pyhessian \\
-        hessian-eigenthings
-    OMP_NUM_THREADS=1 PYTHONPATH=. /tmp/peers-venv/bin/python benchmarks/bench_hessian.py
+    make bench-peers
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv-peers/bin/python benchmarks/bench_hessian.py
+
+Run with the project venv instead, it prints our numbers with "not installed" notes.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ the overhead of the ``standard`` preset on a training run at its default schedul
 2. A 41x41 filter-normalized random plane on the digits MLP in eval mode: ``landscape`` (one point
    per call, and batched) against ``loss_landscapes.random_plane`` (marcellodebernardi/
    loss-landscapes) on the same model, batch and grid, interleaved. The peer is never installed
-   in the project venv: point ``--peer-site`` at the site-packages of a scratch venv holding it
-   (``python -m venv /tmp/ll && /tmp/ll/bin/pip install --no-deps loss-landscapes``); without it
-   this part prints a note (for ``make bench``, export ``NORMLAB_PEER_SITE`` instead).
+   in the project venv: ``--peer-site`` (default ``$NORMLAB_PEER_SITE``) names the site-packages of
+   a venv holding it; ``make bench`` builds ``.venv-peers`` (``make bench-peers``) and passes its
+   site-packages. Without it this part prints a note.
 3. ``train(cfg)`` against ``train(cfg, probes="standard")`` (default schedule: every steps//10),
    interleaved rounds, medians of the step-loop wall time; then each standard probe alone, to
    attribute the overhead. Target: under 10%.
