@@ -147,14 +147,12 @@ def _evaluate(model, named, dirs, buffer_dir, coords, x, y, loss_fn, chunk) -> l
     buffers = snapshot_buffers(model)
     b0 = {n: b.detach().clone() for n, b in model.named_buffers()}
     one = _one_by_one(model, params, dirs, buffers, buffer_dir, b0, x, y, loss_fn)
-    if chunk == 1:
+    if chunk == 1 or (chunk == "auto" and len(C) < 3 * AUTO_CHUNK):  # too few to time: one by one
         return one(C)
     try:
         batched = _batched(model, named, w0, D, buffer_dir, b0, x, y, loss_fn)
         if chunk != "auto":
             return torch.cat([batched(c) for c in C.split(chunk)]).tolist()
-        if len(C) < 3 * AUTO_CHUNK:  # too few points for the timing to pay
-            return one(C)
         # "auto": the first chunk warms vmap up, the next two time batched vs one-by-one on
         # real grid points (kept), and the faster evaluates the rest.
         first = batched(C[:AUTO_CHUNK]).tolist()
