@@ -26,6 +26,12 @@ def _wait_points(page, at_least: int, nth: int = 0, trace: int = 0, timeout: flo
     return n
 
 
+def _last_step(page, nth: int = 0, trace: int = 0) -> float:
+    """The step of a trace's last point (long curves are thinned, so point counts can drop)."""
+    return page.locator(".js-plotly-plot").nth(nth).evaluate(
+        f"gd => ((gd.data[{trace}] || {{}}).x || [-1]).slice(-1)[0]")
+
+
 def _set(page, label: str, value) -> None:
     box = page.get_by_role("textbox", name=label, exact=True).first
     box.fill(str(value))
@@ -44,8 +50,11 @@ def _open(page, url: str) -> None:
 def _train_then_stop(page, screenshot, done_text: str) -> None:
     _set(page, "Steps", 2000)
     _train_button(page).click()
-    n = _wait_points(page, 10)
-    _wait_points(page, n + 1, timeout=10)  # still gaining points: live updates
+    _wait_points(page, 10)
+    first, deadline = _last_step(page), time.monotonic() + 10
+    while _last_step(page) <= first:  # still gaining points: live updates
+        assert time.monotonic() < deadline, f"no new point after step {first} in 10 s"
+        page.wait_for_timeout(100)
     screenshot("training")
     page.get_by_role("button", name="Stop").click()
     try:
