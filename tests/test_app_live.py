@@ -137,7 +137,7 @@ def test_closing_the_session_cancels_the_run(live):
     live.steps = MAX_STEPS
     assert live.start()
     _wait_until(lambda: live.refresh() or live.progress.value >= 1)
-    live._on_session_destroyed(session_context=None)
+    live.on_session_destroyed(session_context=None)
     live.join(2)
     live.refresh()
     assert live.status.object.startswith("cancelled at step")

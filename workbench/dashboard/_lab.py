@@ -19,7 +19,16 @@ from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..viz.curves import diverged_marker
 from ..viz.lanes import lanes_figure, thin
-from ._jobs import DEFAULT_DATA, SLOTS, Job, check_limits, data_config, datasets_for, store_for
+from ._jobs import (
+    DEFAULT_DATA,
+    DEFAULT_NORM,
+    SLOTS,
+    Job,
+    check_limits,
+    data_config,
+    datasets_for,
+    store_for,
+)
 from ._session import SessionApp, plotly_pane
 
 
@@ -54,11 +63,6 @@ class ProbeLab(SessionApp):
         self.loss_plot = plotly_pane(self.loss_fig, height=300, sizing_mode="stretch_width",
                                         config={"displaylogo": False})
         self.status.object = "idle: choose a model and press **Train**"
-        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
-        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
-                                             disabled=True)
-        self.train_button.on_click(lambda event: self.start())
-        self.stop_button.on_click(lambda event: self.stop())
 
     @param.depends("model", watch=True)
     def _follow_model(self):
@@ -66,7 +70,7 @@ class ProbeLab(SessionApp):
         self.param.dataset.objects = data
         if self.dataset not in data:
             self.dataset = DEFAULT_DATA[self.model]
-        self.norm = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}[self.model]
+        self.norm = DEFAULT_NORM[self.model]
 
     # -- what subclasses change ----------------------------------------------------------------
     def model_config(self, **overrides):

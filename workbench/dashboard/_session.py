@@ -12,7 +12,8 @@ from ._jobs import refresh_callback, session_bound
 
 
 class SessionApp(pn.viewable.Viewer):
-    """Alert + status + periodic refresh + stop-on-close; subclasses implement ``refresh``/``stop``."""
+    """Alert, status, Train/Stop buttons, periodic refresh, stop-on-close; subclasses implement
+    ``start``/``refresh``/``stop``."""
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -21,6 +22,11 @@ class SessionApp(pn.viewable.Viewer):
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False,
                                    sizing_mode="stretch_width")
         self.status = pn.pane.Markdown("idle", sizing_mode="stretch_width")
+        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
+                                             disabled=True)
+        self.train_button.on_click(lambda event: self.start())
+        self.stop_button.on_click(lambda event: self.stop())
 
     def show_error(self, message: str) -> None:
         """A message on the page; never a traceback."""
@@ -29,6 +35,9 @@ class SessionApp(pn.viewable.Viewer):
 
     def clear_error(self) -> None:
         self.alert.visible = False
+
+    def start(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def refresh(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -150,11 +150,6 @@ class Arena(SessionApp):
         kw = {"height": 330, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
         self.loss_plot, self.acc_plot, self.probe_plot = (
             plotly_pane(f, **kw) for f in (self.loss_fig, self.acc_fig, self.probe_fig))
-        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
-        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
-                                             disabled=True)
-        self.train_button.on_click(lambda event: self.start())
-        self.stop_button.on_click(lambda event: self.stop())
 
     # -- presets -------------------------------------------------------------------------------
     @param.depends("preset", watch=True)

@@ -31,11 +31,11 @@ from ._jobs import (  # noqa: E402
     data_config,
     datasets_for,
     norms_for,
-    refresh_callback,
 )
+from ._session import SessionApp  # noqa: E402
 
 
-class LiveTraining(pn.viewable.Viewer):
+class LiveTraining(SessionApp):
     """Train one model live and plot its loss; one instance per browser session."""
 
     model = param.Selector(objects=list(MODELS), default="mlp", doc="model family")
@@ -59,8 +59,6 @@ class LiveTraining(pn.viewable.Viewer):
         self._saved: str | None = None
         self._thread: threading.Thread | None = None
         self._cancel: CancelToken | None = None
-        self._periodic = None
-        self._bound_session = False
         self._xs: list[int] = []
         self._ys: list[float] = []
         self._config: TrainConfig | None = None
@@ -70,15 +68,7 @@ class LiveTraining(pn.viewable.Viewer):
                                    config={"displaylogo": False})
         self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
                                                sizing_mode="stretch_width")
-        self.status = pn.pane.Markdown("idle: choose a model and press **Train**",
-                                       sizing_mode="stretch_width")
-        self.alert = pn.pane.Alert("", alert_type="danger", visible=False,
-                                   sizing_mode="stretch_width")
-        self.train_button = pn.widgets.Button(name="Train", button_type="primary", width=100)
-        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning", width=100,
-                                             disabled=True)
-        self.train_button.on_click(lambda event: self.start())
-        self.stop_button.on_click(lambda event: self.stop())
+        self.status.object = "idle: choose a model and press **Train**"
         self.controls = pn.Param(
             self, parameters=["model", "norm", "dataset", "batch_size", "steps", "optimizer", "lr",
                               "seed", "log_y"],
@@ -125,14 +115,14 @@ class LiveTraining(pn.viewable.Viewer):
         try:
             cfg = self.build_config()
         except (ValueError, TypeError) as exc:
-            self._show_error(str(exc))
+            self.show_error(str(exc))
             self.status.object = "not started: fix the value above"
             return False
         if not SLOTS.try_acquire():
-            self._show_error(f"all {SLOTS.capacity} training slots on this server are busy; "
+            self.show_error(f"all {SLOTS.capacity} training slots on this server are busy; "
                              "press Train again when one frees up")
             return False
-        self.alert.visible = False
+        self.clear_error()
         self._config = cfg
         self._cancel = CancelToken()
         with self._lock:
@@ -152,7 +142,7 @@ class LiveTraining(pn.viewable.Viewer):
         except BaseException:
             SLOTS.release()
             raise
-        self._start_periodic()
+        self.start_periodic()
         return True
 
     def stop(self) -> None:
@@ -212,7 +202,7 @@ class LiveTraining(pn.viewable.Viewer):
 
     def _finish(self, run, saved: str | None) -> None:
         self._thread = None
-        self._stop_periodic()
+        self.stop_periodic()
         self.train_button.disabled, self.stop_button.disabled = False, True
         note = f" ({saved})" if saved else ""
         if run.status == "finished":
@@ -228,34 +218,12 @@ class LiveTraining(pn.viewable.Viewer):
         elif run.status == "cancelled":
             self.status.object = f"cancelled at step {run.steps_done}"
         else:
-            self._show_error(f"training failed: {run.error}")
+            self.show_error(f"training failed: {run.error}")
             self.status.object = f"failed at step {run.steps_done}"
-
-    def _show_error(self, message: str) -> None:
-        self.alert.object = message
-        self.alert.visible = True
-
-    def _start_periodic(self) -> None:
-        # Only inside a served session: without a document there is no loop to run on (tests
-        # call refresh() themselves).
-        if self._periodic is None and pn.state.curdoc is not None and pn.state.curdoc.session_context:
-            self._periodic = refresh_callback(self.refresh)
-
-    def _stop_periodic(self) -> None:
-        if self._periodic is not None:
-            self._periodic.stop()
-            self._periodic = None
-
-    def _on_session_destroyed(self, session_context) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
-        self._stop_periodic()
 
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
-        if not self._bound_session and pn.state.curdoc is not None and pn.state.curdoc.session_context:
-            pn.state.on_session_destroyed(self._on_session_destroyed)
-            self._bound_session = True
+        self.bind_session()
         return pn.Row(
             pn.Column(self.controls, pn.Row(self.train_button, self.stop_button)),
             pn.Column(self.alert, self.status, self.progress, self.plot,
