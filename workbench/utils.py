@@ -32,15 +32,18 @@ def seed_everything(seed: int) -> None:
 def preserved_state(model: nn.Module, *, rng: bool = True):
     """Run a block and put the model back exactly as it was.
 
-    Restores parameters (values, in place, so optimizer references stay valid), ``.grad``,
+    Restores parameters (values, in place, so optimizer references stay valid), ``.grad`` (the
+    same tensor object, its values written back),
     the ``training`` flag of every submodule, every buffer (BatchNorm running statistics and
     ``num_batches_tracked``) and, when ``rng`` is true, the global torch/numpy/python RNG state.
 
     Note:
         Costs one copy of parameters, gradients and buffers in memory.
     """
-    params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
-              for p in model.parameters()]
+    # each parameter's storage and .grad tensor themselves are kept too and written back into,
+    # so views into them (the trainer's flat buffers) still hold after the block
+    params = [(p, p.data, p.detach().clone(), p.grad,
+               None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
     if rng:
@@ -52,9 +55,16 @@ def preserved_state(model: nn.Module, *, rng: bool = True):
         yield model
     finally:
         with torch.no_grad():
-            for p, value, grad in params:
+            for p, storage, value, grad_tensor, grad in params:
+                if p.data_ptr() != storage.data_ptr() or p.shape != storage.shape:
+                    p.data = storage  # the block re-pointed .data: back to the original tensor
                 p.copy_(value)
-                p.grad = grad
+                if grad is None:
+                    p.grad = None
+                else:
+                    grad_tensor.copy_(grad)
+                    if p.grad is not grad_tensor:
+                        p.grad = grad_tensor
             for b, value in buffers:
                 b.copy_(value)
         for m, flag in modes:

@@ -13,6 +13,7 @@ from torch import nn
 from workbench._validate import check_choice, check_positive
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")
+ELEMENTWISE = ("sgd", "adam", "adamw")  # the same update for every element: steppable flat
 
 
 def _check_fraction(what: str, value) -> None:
@@ -225,13 +226,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float = 0.9,
                     nesterov: bool = False, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                    trust_coefficient: float = 0.001) -> torch.optim.Optimizer:
+                    trust_coefficient: float = 0.001, flat=None) -> torch.optim.Optimizer:
     """Build one of :data:`OPTIMIZERS` over :func:`param_groups` of ``model``.
 
     ``sgd`` is ``torch.optim.SGD`` (L2 decay folded into the gradient), ``adam`` is
     ``torch.optim.Adam`` (L2 decay), ``adamw`` is ``torch.optim.AdamW`` (decoupled decay),
     ``lars`` is :class:`LARS`, ``lamb`` is :class:`LAMB`. ``momentum``/``nesterov`` are used by
     sgd and lars, ``betas``/``eps`` by adam, adamw and lamb, ``trust_coefficient`` by lars.
+
+    ``flat``: a :class:`~workbench.train.flat.FlatParams` built on the same groups
+    (``FlatParams([g["params"] for g in param_groups(model, wd)])``). The element-wise optimizers
+    (:data:`ELEMENTWISE`) then step one flat tensor per group instead of each parameter, the same
+    arithmetic at a fraction of the per-tensor cost; LARS and LAMB keep per-tensor steps.
 
     Raises:
         ValueError: unknown name, a bad hyper-parameter, or ``nesterov=True`` with
@@ -249,6 +255,14 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, momentum: float =
         _check_fraction("betas[1]", betas[1])
         check_positive("eps", eps)
     groups = param_groups(model, weight_decay)
+    if flat is not None:
+        listed = [p for g in groups for p in g["params"]]
+        if len(listed) != len(flat.params) or any(a is not b for a, b in zip(listed, flat.params)):
+            raise ValueError("flat= must hold the parameters of param_groups(model, weight_decay), "
+                             "in that order")
+        if name in ELEMENTWISE:
+            for group, leaf, (start, stop) in zip(groups, flat.group_leaves(), flat.slices):
+                group["params"] = [leaf] if stop > start else []
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adam":

@@ -26,8 +26,9 @@ from ..models import build_model, fit_to_data
 from ..store import COLUMNS, Run, RunStore, empty_frame
 from ..utils import preserved_state, resolve_device, seed_everything
 from .config import TrainConfig
+from .flat import FlatParams, can_flatten
 from .hooks import CancelToken, every
-from .optim import build_optimizer
+from .optim import build_optimizer, param_groups
 from .schedules import lr_at, make_batch_schedule
 
 Probe = Callable[..., pd.DataFrame]
@@ -179,7 +180,7 @@ def _chunk_grads(model, loss_fn, x, y, chunks: list[torch.Tensor]) -> list[torch
 def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool] | None = None,
           store: RunStore | str | None = None, cancel: CancelToken | None = None,
           progress: bool = False, callback: StepCallback | None = None,
-          device: str | torch.device = "auto") -> Run:
+          device: str | torch.device = "auto", flat_params: bool = True) -> Run:
     """Train the model a config describes and return the :class:`~workbench.store.Run`.
 
     Args:
@@ -195,9 +196,13 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         callback: ``callback(step, metrics)`` after every step, from the training thread
             (dashboards use it to stream points); keep it cheap.
         device: ``"auto"`` (CUDA when present) or a torch device.
+        flat_params: keep parameters and gradients in one flat buffer per optimizer group
+            (:mod:`workbench.train.flat`): the same training, with cheaper norms and, for SGD,
+            Adam and AdamW, one optimizer update per group instead of one per tensor. ``False``
+            trains the model's own tensors (gradients set to None between steps).
 
     Note:
-        Per step: one forward/backward per micro-batch, two fused norms and one device sync.
+        Per step: one forward/backward per micro-batch, two norms and one device sync.
         The norm-test batch schedule adds a forward/backward on its check steps when the run has
         no micro-batches to compare.
     """
@@ -227,10 +232,13 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         model = model.to(device)
         model.train()
         run.model, run.dataset = model, dataset
-        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [g["params"] for g in param_groups(model, cfg.weight_decay)]
+        flat = FlatParams(groups) if flat_params and can_flatten(groups) else None
+        params = flat.params if flat is not None else [p for p in model.parameters() if p.requires_grad]
         opt = build_optimizer(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum,
                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
-                              betas=cfg.betas, eps=cfg.eps, trust_coefficient=cfg.trust_coefficient)
+                              betas=cfg.betas, eps=cfg.eps, trust_coefficient=cfg.trust_coefficient,
+                              flat=flat)
         sampler = BatchSampler(dataset.n_train, shuffle=cfg.shuffle, seed=cfg.seed)
         batches = make_batch_schedule(cfg.batch_schedule, batch_size=cfg.batch_size,
                                       max_batch_size=cfg.max_batch_size,
@@ -266,6 +274,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             if probe_fns and schedule(step, cfg.steps):
                 for name, fn in probe_fns.items():
                     rows.add_frame(step, name, fn(model, (x, y), loss_fn))
+                if flat is not None and not flat.linked():  # a probe replaced .data or .grad
+                    flat.relink()
 
             if cfg.micro_batch is None or cfg.micro_batch >= B:
                 micro = [(x, y)]  # no accumulation: no index copies on the hot path
@@ -273,7 +283,10 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 micro = [(x[mi], y[mi]) for mi in split_micro(torch.arange(B, device=device), cfg.micro_batch)]
             check_noise = cfg.batch_schedule == "norm_test" and step % cfg.norm_test_every == 0
             micro_grads = [] if check_noise and len(micro) > 1 else None
-            opt.zero_grad(set_to_none=True)
+            if flat is not None:
+                flat.zero_grad()
+            else:
+                opt.zero_grad(set_to_none=True)
             losses, accs, cumulative = [], [], None
             for xm, ym in micro:
                 m = B if len(micro) == 1 else len(xm)
@@ -285,19 +298,24 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 if acc is not None:
                     accs.append(acc if m == B else acc * (m / B))
                 if micro_grads is not None:  # .grad holds the running sum of (m/B) * g_micro
-                    now = _flat_grad(params)
+                    now = flat.grad.clone() if flat is not None else _flat_grad(params)
                     micro_grads.append((now if cumulative is None else now - cumulative) * (B / m))
                     cumulative = now
             if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
                 chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
                 micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
-            # one fused norm over grads and weights, one device sync for every metric of the step
+            # two norms (over the flat buffers, or fused over the tensors), one device sync for
+            # every metric of the step
             with torch.no_grad():
-                grads = [p.grad if p.grad is not None else zeros(p) for p in params]
-                norms = torch.stack(torch._foreach_norm(grads + params)).view(2, -1)
+                if flat is not None:
+                    norms = flat.norms()
+                else:
+                    grads = [p.grad if p.grad is not None else zeros(p) for p in params]
+                    norms = torch.stack(torch._foreach_norm(grads + params)).view(2, -1)
+                    norms = torch.linalg.vector_norm(norms, dim=1)
                 scalars = [_total(losses), _total(accs) if accs else losses[0]]
                 # [loss, accuracy, grad_norm, weight_norm]
-                vals = torch.cat([torch.stack(scalars), torch.linalg.vector_norm(norms, dim=1)]).tolist()
+                vals = torch.cat([torch.stack(scalars), norms]).tolist()
             examples += B
             metrics = {"loss": vals[0]}
             if accs:
