@@ -28,8 +28,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.RReLU)
+
+
+def forward_uses_rng(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` may draw from the global RNG: it has a dropout or RReLU
+    module, or a module whose class comes from neither ``torch.nn`` nor ``workbench`` (unknown
+    code, assumed random). Probes that only run forwards skip saving the RNG state otherwise."""
+    for m in model.modules():
+        if isinstance(m, _RANDOM_MODULES):
+            return True
+        where = type(m).__module__
+        if not (where.startswith("torch.nn.") or where.startswith("workbench.")):
+            return True
+    return False
+
+
 @contextlib.contextmanager
-def preserved_state(model: nn.Module, *, rng: bool = True):
+def preserved_state(model: nn.Module, *, rng: bool = True, params: bool = True, grads: bool = True):
     """Run a block and put the model back exactly as it was.
 
     Restores parameters (values, in place, so optimizer references stay valid), ``.grad`` (the
@@ -37,13 +53,18 @@ def preserved_state(model: nn.Module, *, rng: bool = True):
     the ``training`` flag of every submodule, every buffer (BatchNorm running statistics and
     ``num_batches_tracked``) and, when ``rng`` is true, the global torch/numpy/python RNG state.
 
+    ``params=False`` / ``grads=False`` skip saving what the block promises not to change
+    (a probe that only runs ``torch.autograd.grad`` never touches ``.grad``; one that never moves
+    the weights need not copy them): a training-time probe then costs tensor work, not copies.
+
     Note:
         Costs one copy of parameters, gradients and buffers in memory.
     """
     # each parameter's storage and .grad tensor themselves are kept too and written back into,
     # so views into them (the trainer's flat buffers) still hold after the block
-    params = [(p, p.data, p.detach().clone(), p.grad,
-               None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    saved = [(p, p.data, p.detach().clone() if params else None, p.grad,
+              None if p.grad is None or not grads else p.grad.detach().clone())
+             for p in model.parameters()] if params or grads else []
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
     if rng:
@@ -55,10 +76,13 @@ def preserved_state(model: nn.Module, *, rng: bool = True):
         yield model
     finally:
         with torch.no_grad():
-            for p, storage, value, grad_tensor, grad in params:
-                if p.data_ptr() != storage.data_ptr() or p.shape != storage.shape:
-                    p.data = storage  # the block re-pointed .data: back to the original tensor
-                p.copy_(value)
+            for p, storage, value, grad_tensor, grad in saved:
+                if params:
+                    if p.data_ptr() != storage.data_ptr() or p.shape != storage.shape:
+                        p.data = storage  # the block re-pointed .data: back to the original tensor
+                    p.copy_(value)
+                if not grads:
+                    continue
                 if grad is None:
                     p.grad = None
                 else:

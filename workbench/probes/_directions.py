@@ -37,8 +37,7 @@ def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
 @torch.no_grad()
 def assign(params, flat: torch.Tensor) -> None:
     """Copy the flat vector ``flat`` (P,) into ``params`` in place."""
-    for p, v in zip(params, unflatten(flat, params)):
-        p.copy_(v)
+    torch._foreach_copy_(list(params), unflatten(flat, params))
 
 
 def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -47,8 +46,8 @@ def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def restore_buffers(snapshot) -> None:
-    for b, value in snapshot:
-        b.copy_(value)
+    if snapshot:
+        torch._foreach_copy_([b for b, _ in snapshot], [v for _, v in snapshot])
 
 
 def random_direction(params, generator: torch.Generator) -> list[torch.Tensor]:

@@ -23,6 +23,7 @@ norm layers ``zero_gain_fraction``; the per-channel rows (with a ``channel`` col
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pandas as pd
@@ -31,7 +32,7 @@ from torch import nn
 
 from .._validate import check_choice, check_positive
 from ..norms import is_norm_module
-from ..utils import preserved_state
+from ..utils import forward_uses_rng, preserved_state
 from ._directions import MODES
 from ._tidy import tidy_frame
 
@@ -48,22 +49,24 @@ def _by_channel(t: torch.Tensor) -> torch.Tensor:
 
 
 def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicate_threshold):
-    a = _by_channel(pre).double()  # (C, M)
-    var, mean = torch.var_mean(a, dim=1, unbiased=False)
+    """Per-channel statistics of L layers at once: ``pre``/``out`` are (L, C, M) (channels by
+    values). Returns a dict of (L, C) tensors and the (L,) number of duplicate pairs."""
+    a = pre.double()
+    var, mean = torch.var_mean(a, dim=2, unbiased=False)
     std = var.sqrt()
-    dead = (_by_channel(out) == 0).all(dim=1)
+    dead = (out == 0).all(dim=2)
     constant = var < constant_threshold
     dist = torch.where(std > 0, mean.abs() / std.clamp_min(1e-300),
                        torch.full_like(std, math.inf))
-    centered = (a - mean[:, None]) / std.clamp_min(1e-300)[:, None]
-    corr = centered @ centered.T / a.shape[1]  # (C, C) correlation of the pre-activations
+    centered = (a - mean[..., None]) / std.clamp_min(1e-300)[..., None]
+    corr = centered @ centered.transpose(1, 2) / a.shape[2]  # (L, C, C) correlations
     ok = ~constant
-    pairs = (corr > duplicate_threshold) & ok[:, None] & ok[None, :]
+    pairs = (corr > duplicate_threshold) & ok[:, :, None] & ok[:, None, :]
     pairs = pairs.triu(diagonal=1)
-    duplicate = pairs.any(dim=0) | pairs.any(dim=1)
+    duplicate = pairs.any(dim=1) | pairs.any(dim=2)
     return {"pre_mean": mean, "pre_std": std, "elimination_distance": dist, "dead": dead,
             "near_constant": constant, "one_sided": dist > elimination_threshold,
-            "duplicate": duplicate}, pairs.sum()
+            "duplicate": duplicate}, pairs.sum(dim=(1, 2))
 
 
 def channel_health(model, batch, loss_fn=None, *, mode: str = "train", per_channel: bool = False,
@@ -91,16 +94,45 @@ def channel_health(model, batch, loss_fn=None, *, mode: str = "train", per_chann
         (M = examples x positions) and the layer's pre-activations held once in memory.
     """
     check_choice("mode", mode, MODES)
+    thresholds = health_thresholds(constant_threshold, elimination_threshold, duplicate_threshold,
+                                   gain_threshold)
+    acts = activation_modules(model)
+    with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False), torch.no_grad():
+        model.train(mode == "train")
+        with capture_inputs(acts) as seen:
+            model(batch[0])
+    summary, channel_rows = health_rows(model, acts, seen, thresholds, per_channel=per_channel)
+    if not per_channel:
+        return tidy_frame("channel_health", summary)
+    return tidy_frame("channel_health", [(*row, -1) for row in summary] + channel_rows,
+                      extra=("channel",))
+
+
+def health_thresholds(constant_threshold: float = 1e-6, elimination_threshold: float = 3.0,
+                      duplicate_threshold: float = 0.99, gain_threshold: float = 1e-3) -> tuple:
+    """Check the thresholds (see :func:`channel_health`) and return them as a tuple."""
     check_positive("constant_threshold", constant_threshold)
     check_positive("elimination_threshold", elimination_threshold)
     check_positive("gain_threshold", gain_threshold, allow_zero=True)
     check_positive("duplicate_threshold", duplicate_threshold)
     if duplicate_threshold > 1:
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold!r}")
+    return constant_threshold, elimination_threshold, duplicate_threshold, gain_threshold
+
+
+def activation_modules(model) -> list[tuple[str, nn.Module]]:
+    """``[(name, module)]`` of the model's activation modules; ValueError when there are none."""
     acts = [(n, m) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
     if not acts:
         raise ValueError("channel_health needs activation modules (one of: "
                          f"{', '.join(c.__name__ for c in ACTIVATIONS)}); the model has none")
+    return acts
+
+
+@contextlib.contextmanager
+def capture_inputs(acts):
+    """Within the block, every forward of each activation module stores ``(input, output)``
+    (detached) in the yielded dict under the module's name."""
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(name):
@@ -108,40 +140,61 @@ def channel_health(model, batch, loss_fn=None, *, mode: str = "train", per_chann
             seen[name] = (args[0].detach(), out.detach())
         return hook
 
-    with preserved_state(model), torch.no_grad():
-        model.train(mode == "train")
-        handles = [m.register_forward_hook(record(n)) for n, m in acts]
-        try:
-            model(batch[0])
-        finally:
-            for h in handles:
-                h.remove()
-    # Every summary value of every layer goes into one tensor: one device sync for the frame.
+    handles = [m.register_forward_hook(record(n)) for n, m in acts]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False):
+    """The summary rows ``(layer, metric, value)`` (and per-channel rows ``(layer, metric, value,
+    channel)``) from the captured pre-activations ``seen`` and the model's norm gains."""
+    constant_threshold, elimination_threshold, duplicate_threshold, gain_threshold = thresholds
+    # Layers whose pre-activations have the same shape are reduced together, and every summary
+    # value of every layer goes into one tensor: one device sync for the frame.
+    groups: dict[tuple, list[str]] = {}
+    for name, _ in acts:
+        if name in seen:
+            pre = _by_channel(seen[name][0])
+            groups.setdefault((tuple(pre.shape), pre.dtype, pre.device), []).append(name)
+    per_layer: dict[str, tuple[dict, torch.Tensor]] = {}
+    for members in groups.values():
+        pre = torch.stack([_by_channel(seen[n][0]) for n in members])
+        out = torch.stack([_by_channel(seen[n][1]) for n in members])
+        stats, n_pairs = _channel_stats(pre, out, constant_threshold, elimination_threshold,
+                                        duplicate_threshold)
+        flags = torch.stack([stats[k].double().mean(dim=1)
+                             for k in ("dead", "near_constant", "one_sided", "duplicate")], 1)
+        dist = stats["elimination_distance"]
+        summary = torch.cat([flags, n_pairs.double()[:, None], dist.median(dim=1).values[:, None],
+                             torch.full_like(flags[:, :1], dist.shape[1])], 1)  # (L, 7)
+        for i, n in enumerate(members):
+            per_layer[n] = (stats, i, summary[i])
     names, metrics, values, channel_rows = [], [], [], []
     for name, _ in acts:
-        if name not in seen:
+        if name not in per_layer:
             continue
-        stats, n_pairs = _channel_stats(*seen[name], constant_threshold, elimination_threshold,
-                                        duplicate_threshold)
-        dist = stats["elimination_distance"]
+        stats, i, summary = per_layer[name]
         names += [name] * len(SUMMARY)
         metrics += list(SUMMARY)
-        flags = [stats[k].double().mean() for k in ("dead", "near_constant", "one_sided", "duplicate")]
-        values.append(torch.stack(flags + [n_pairs.double(), dist.median(),
-                                           torch.full_like(dist[0], len(dist))]))
+        values.append(summary)
         if per_channel:
             channel_rows += [(name, k, float(v), c) for k, t in stats.items()
-                             for c, v in enumerate(t.tolist())]
-    for name, norm in model.named_modules():
-        gain = getattr(norm, "weight", None)
-        if is_norm_module(norm) and isinstance(gain, torch.Tensor):
-            names.append(name)
-            metrics.append("zero_gain_fraction")
-            values.append((gain.detach().abs() < gain_threshold).double().mean().reshape(1))
-            if per_channel:
-                channel_rows += [(name, "gain", float(v), c) for c, v in enumerate(gain.detach().tolist())]
-    summary = zip(names, metrics, torch.cat(values).tolist())
-    if not per_channel:
-        return tidy_frame("channel_health", summary)
-    return tidy_frame("channel_health", [(*row, -1) for row in summary] + channel_rows,
-                      extra=("channel",))
+                             for c, v in enumerate(t[i].tolist())]
+    gains = [(name, norm.weight.detach()) for name, norm in model.named_modules()
+             if is_norm_module(norm) and isinstance(getattr(norm, "weight", None), torch.Tensor)]
+    if gains:  # the zero-gain fraction of every norm layer from one comparison over all gains
+        sizes = [g.numel() for _, g in gains]
+        small = (torch.cat([g.reshape(-1) for _, g in gains]).abs() < gain_threshold).double()
+        ends = torch.tensor(sizes, device=small.device).cumsum(0)
+        counts = torch.cat([small.new_zeros(1), small.cumsum(0)])[ends]
+        counts = counts - torch.cat([counts.new_zeros(1), counts[:-1]])
+        values.append(counts / torch.tensor(sizes, dtype=counts.dtype, device=counts.device))
+        names += [name for name, _ in gains]
+        metrics += ["zero_gain_fraction"] * len(gains)
+        if per_channel:
+            channel_rows += [(name, "gain", float(v), c) for name, g in gains
+                             for c, v in enumerate(g.tolist())]
+    return list(zip(names, metrics, torch.cat(values).tolist())), channel_rows

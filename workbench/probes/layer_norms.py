@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_choice
-from ..utils import preserved_state
+from ..utils import forward_uses_rng, preserved_state
 from ._tidy import tidy_frame
 
 MODES = ("train", "eval")
@@ -36,18 +36,33 @@ def layer_norms(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
         Cost: one forward and one backward pass.
     """
     check_choice("mode", mode, MODES)
-    named = model.named_layers() if hasattr(model, "named_layers") else [
-        (n, m) for n, m in model.named_modules() if getattr(m, "weight", None) is not None]
-    weights = [(name, m.weight) for name, m in named if m.weight.requires_grad]
+    weights = weight_layers(model)
     x, y = batch
-    with preserved_state(model):
+    with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False):
         model.train(mode == "train")
         grads = torch.autograd.grad(loss_fn(model(x), y), [w for _, w in weights], allow_unused=True)
+    return tidy_frame("layer_norms", norm_rows(weights, grads))
+
+
+def weight_layers(model) -> list[tuple[str, torch.Tensor]]:
+    """``[(layer name, weight)]`` of every trainable weight layer (``named_layers()`` when the
+    model has it, else every module with a ``weight``)."""
+    named = model.named_layers() if hasattr(model, "named_layers") else [
+        (n, m) for n, m in model.named_modules() if getattr(m, "weight", None) is not None]
+    return [(name, m.weight) for name, m in named if m.weight.requires_grad]
+
+
+def norm_rows(weights, grads) -> list[tuple[str, str, float]]:
+    """The probe's ``(layer, metric, value)`` rows from the weights and their gradients (None:
+    unused), with one device sync."""
+    if not weights:
+        return []
+    wn = torch.stack([torch.linalg.vector_norm(w.detach()) for _, w in weights])
+    gn = torch.stack([torch.zeros_like(wn[0]) if g is None else torch.linalg.vector_norm(g)
+                      for g in grads])
     rows = []
-    for (name, w), g in zip(weights, grads):
-        wn = float(torch.linalg.vector_norm(w.detach()))
-        gn = 0.0 if g is None else float(torch.linalg.vector_norm(g))
-        rows += [(name, "weight_norm", wn), (name, "grad_norm", gn),
-                 (name, "grad_to_weight", gn / wn if wn > 0 else float("inf")),
-                 (name, "inv_weight_norm_sq", 1.0 / wn**2 if wn > 0 else float("inf"))]
-    return tidy_frame("layer_norms", rows)
+    for (name, _), w, g in zip(weights, wn.tolist(), gn.tolist()):
+        rows += [(name, "weight_norm", w), (name, "grad_norm", g),
+                 (name, "grad_to_weight", g / w if w > 0 else float("inf")),
+                 (name, "inv_weight_norm_sq", 1.0 / w**2 if w > 0 else float("inf"))]
+    return rows

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_choice, check_positive
-from ..utils import preserved_state
+from ..utils import forward_uses_rng, preserved_state
 from ._directions import MODES, assign, flatten, restore_buffers, snapshot_buffers, trainable
 from ._tidy import tidy_frame
 
@@ -74,48 +74,79 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
     """
     check_choice("mode", mode, MODES)
     etas = eta_grid(lr, etas, num_etas)
-    named = trainable(model)
-    if not named:
-        raise ValueError("smoothness needs a model with trainable parameters")
-    params = [p for _, p in named]
-    index = {id(p): i for i, p in enumerate(params)}
-    layers = [(n, m.weight) for n, m in (model.named_layers() if hasattr(model, "named_layers")
-                                         else model.named_modules())
-              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in index]
+    params, layers = smoothness_targets(model)
     x, y = batch
-    with preserved_state(model):
+    with preserved_state(model, rng=forward_uses_rng(model), grads=False):
         model.train(mode == "train")
         buffers = snapshot_buffers(model)
+        loss0 = loss_fn(model(x), y)
+        grads = torch.autograd.grad(loss0, params, allow_unused=True)
+        rows, per = smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads,
+                                    etas, lr)
+    if not per_eta:
+        return tidy_frame("smoothness", rows, iters=len(etas) + 1)
+    return tidy_frame("smoothness", [(*r, math.nan) for r in rows] + per, iters=len(etas) + 1,
+                      extra=("eta",))
 
-        def loss_and_grad():
-            restore_buffers(buffers)
-            loss = loss_fn(model(x), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
-        w0 = flatten(params)
-        w_norms = torch.stack([w.detach().norm() for _, w in layers]) if layers else None
-        loss0, g0 = loss_and_grad()
-        g0_flat = flatten(g0)
-        g_norm = g0_flat.norm()
-        losses, changes, layer_changes = [loss0], [], []
-        for eta in etas:
-            assign(params, w0 - eta * g0_flat)
-            loss, g = loss_and_grad()
-            losses.append(loss)
-            changes.append((flatten(g) - g0_flat).norm())
-            layer_changes.append(torch.stack([(g[index[id(w)]] - g0[index[id(w)]]).norm()
-                                              for _, w in layers]) if layers else None)
-        steps = torch.tensor(etas, device=g_norm.device, dtype=g_norm.dtype) * g_norm  # ||eta g||
-        losses, changes = torch.stack(losses), torch.stack(changes)
-        beta = changes / steps
-        scalars = [loss0, g_norm, losses.max() - losses.min(), changes.max(), beta.max()]
-        if layers:
-            lc = torch.stack(layer_changes)  # (E, L)
-            scalars += [torch.stack([g0[index[id(w)]].norm() for _, w in layers]),
-                        w_norms,
-                        lc.max(0).values, (lc / steps[:, None]).max(0).values]
-        vals = torch.cat([s.reshape(-1) for s in scalars] + [losses[1:], changes, beta]).tolist()
+def smoothness_targets(model) -> tuple[list[torch.Tensor], list[tuple[str, torch.Tensor]]]:
+    """The trainable parameters, and ``[(layer name, weight)]`` of the weight layers among them."""
+    params = [p for _, p in trainable(model)]
+    if not params:
+        raise ValueError("smoothness needs a model with trainable parameters")
+    ids = {id(p) for p in params}
+    layers = [(n, m.weight) for n, m in (model.named_layers() if hasattr(model, "named_layers")
+                                         else model.named_modules())
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in ids]
+    return params, layers
+
+
+def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads, etas, lr):
+    """The probe's rows from the loss ``loss0`` and gradients ``grads`` at the current weights.
+
+    Moves the weights to ``w - eta g`` for every step size (restoring ``buffers`` before each
+    forward) and puts them back (the buffers stay as the last forward left them). Returns the
+    ``(layer, metric, value)`` rows and the per-step-size ``(layer, metric, value, eta)`` rows.
+    """
+    x, y = batch
+    # where each weight layer sits in the flat parameter vector (a tied weight: one place)
+    offsets, at = {}, 0
+    for p in params:
+        offsets[id(p)] = (at, at + p.numel())
+        at += p.numel()
+    spans = [offsets[id(w)] for _, w in layers]
+
+    def loss_and_grad():
+        restore_buffers(buffers)
+        loss = loss_fn(model(x), y)
+        g = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), flatten([torch.zeros_like(p) if gi is None else gi
+                                       for gi, p in zip(g, params)])
+
+    g0_flat = flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    loss0 = loss0.detach()
+    w0 = flatten(params)
+    losses, diffs = [loss0], []
+    for eta in etas:
+        assign(params, w0 - eta * g0_flat)
+        loss, g = loss_and_grad()
+        losses.append(loss)
+        diffs.append(g - g0_flat)
+    assign(params, w0)
+    # norms of g0, w0 and every gradient change, whole and per layer: (2 + E, P) -> (2 + E, L)
+    stacked = torch.stack([g0_flat, w0, *diffs])
+    total = torch.linalg.vector_norm(stacked, dim=1)
+    g_norm = total[0]
+    steps = torch.tensor(etas, device=g_norm.device, dtype=g_norm.dtype) * g_norm  # ||eta g||
+    losses = torch.stack(losses)
+    changes = total[2:]
+    beta = changes / steps
+    scalars = [loss0, g_norm, losses.max() - losses.min(), changes.max(), beta.max()]
+    if layers:
+        by_layer = torch.stack([torch.linalg.vector_norm(stacked[:, a:b], dim=1) for a, b in spans], 1)
+        lc = by_layer[2:]  # (E, layers)
+        scalars += [by_layer[0], by_layer[1], lc.max(0).values, (lc / steps[:, None]).max(0).values]
+    vals = torch.cat([s.reshape(-1) for s in scalars] + [losses[1:], changes, beta]).tolist()
     names = ["loss", "grad_norm", "loss_variation", "grad_predictiveness", "beta_smoothness"]
     rows = [("", m, v) for m, v in zip(names, vals)]
     k, n_l = len(names), len(layers)
@@ -124,14 +155,11 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
         rows += [(name, "grad_norm", gn), (name, "weight_norm", wn),
                  (name, "lr_effective", lr / wn**2 if wn > 0 else math.inf),
                  (name, "grad_predictiveness", gp), (name, "beta_smoothness", bs)]
-    if not per_eta:
-        return tidy_frame("smoothness", rows, iters=len(etas) + 1)
     e, tail = len(etas), vals[k + 4 * n_l:]
     per = [("", metric, tail[j * e + i], eta) for j, metric in
            enumerate(["loss_at_eta", "grad_change_at_eta", "beta_at_eta"])
            for i, eta in enumerate(etas)]
-    return tidy_frame("smoothness", [(*r, math.nan) for r in rows] + per, iters=len(etas) + 1,
-                      extra=("eta",))
+    return rows, per
 
 
 # The training-time variant: two step sizes (lr/16 and 2 lr), three gradients per call.

@@ -10,6 +10,8 @@ error message. Nothing recorded is lost in any of these cases.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import inspect
 import math
 import threading
 import time
@@ -23,8 +25,9 @@ import torch
 
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model, fit_to_data
+from ..probes.together import Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
-from ..utils import preserved_state, resolve_device, seed_everything
+from ..utils import forward_uses_rng, preserved_state, resolve_device, seed_everything
 from .config import TrainConfig
 from .flat import FlatParams, can_flatten
 from .hooks import CancelToken, every
@@ -46,8 +49,9 @@ def resolve_probes(probes) -> dict[str, Probe]:
 
     if isinstance(probes, str):
         if probes in PRESETS:
-            return {n: PROBES[n] for n in PRESETS[probes]}
-        probes = [probes]
+            probes = list(PRESETS[probes])
+        else:
+            probes = [probes]
     if isinstance(probes, Mapping):
         items = list(probes.items())
     else:
@@ -65,7 +69,36 @@ def resolve_probes(probes) -> dict[str, Probe]:
     for name, fn in items:
         if not callable(fn):
             raise ValueError(f"probe {name!r} is not callable: {fn!r}")
-    return dict(items)
+    return _fuse(dict(items), PROBES)
+
+
+def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Probe]:
+    """Replace the registered training-time probes that share their passes (layer norms, channel
+    health, smoothness) by one :func:`~workbench.probes.together.run_together` entry when two or
+    more of them are asked for: the same rows, under the same probe names, for less work."""
+    from ..probes.together import FUSABLE, together
+
+    shared = [n for n, fn in fns.items() if n in FUSABLE and fn is registry.get(n)]
+    if len(shared) < 2 or sum(n.startswith("smoothness") for n in shared) > 1:
+        return fns
+    out: dict[str, Probe] = {}
+    for name, fn in fns.items():
+        if name not in shared:
+            out[name] = fn
+        elif name == shared[0]:
+            out["+".join(shared)] = together(shared)
+    return out
+
+
+def _takes_lr(fn) -> bool:
+    """Whether the trainer should pass its current learning rate to ``fn`` as ``lr=``: ``fn``
+    has an ``lr`` keyword that a ``functools.partial`` has not already fixed."""
+    if isinstance(fn, functools.partial) and "lr" in fn.keywords:
+        return False
+    try:
+        return "lr" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and odd callables: no
+        return False
 
 
 class _Rows:
@@ -78,6 +111,7 @@ class _Rows:
         self.metric: list[str] = []
         self.value: list[float] = []
         self.extra: list[tuple[int, str, pd.DataFrame]] = []
+        self.parts: list[tuple[int, list]] = []  # in-step probes' (probe, rows, iters) parts
 
     def add(self, step: int, probe: str, metrics: dict) -> None:
         for name, value in metrics.items():
@@ -93,13 +127,28 @@ class _Rows:
             raise ValueError(f"probe {probe!r} returned column(s) {clash} that the trainer sets itself")
         self.extra.append((step, probe, frame))
 
+    def add_parts(self, step: int, parts: list) -> None:
+        """Keep the ``(probe, rows, iters)`` parts of a probe run inside the step; their frame is
+        built once, at the end (:func:`~workbench.probes._tidy.tidy_parts`)."""
+        self.parts.append((step, parts))
+
     def _probe_rows(self) -> pd.DataFrame | None:
-        kept = [(step, probe, f) for step, probe, f in self.extra if len(f)]
+        # (step of every row, name for rows without a probe column, frame)
+        kept = [(np.full(len(f), step, dtype=np.int64), probe, f) for step, probe, f in self.extra
+                if len(f)]
+        if self.parts:  # the in-step probes' rows: one frame for all of their steps
+            from ..probes._tidy import tidy_parts
+
+            merged = tidy_parts(part for _, parts in self.parts for part in parts)
+            lengths = [sum(len(rows) for _, rows, _ in parts) for _, parts in self.parts]
+            steps = np.repeat(np.array([s for s, _ in self.parts], dtype=np.int64), lengths)
+            if len(merged):
+                kept.append((steps, "", merged))
         if not kept:
             return None
         out = pd.concat([f for _, _, f in kept], ignore_index=True)
         lengths = [len(f) for _, _, f in kept]
-        out.insert(0, "step", np.repeat(np.array([s for s, _, _ in kept], dtype=np.int64), lengths))
+        out.insert(0, "step", np.concatenate([steps for steps, _, _ in kept]))
         out.insert(0, "run_id", self.run_id)
         named = np.repeat(np.array([p for _, p, _ in kept], dtype=object), lengths)
         if "probe" not in out:
@@ -188,6 +237,9 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         probes: None, a preset name (``"cheap"``), a list of probe names / callables, or a
             ``{name: fn}`` dict; each ``fn(model, (x, y), loss_fn) -> DataFrame`` is called on
             the step's batch before the update and its rows are tagged with ``run_id`` and ``step``.
+            A probe with an ``lr`` keyword (smoothness, unless a partial fixed it) gets the
+            step's learning rate. Layer norms, channel health and smoothness asked for together
+            run as one probe sharing their passes (:mod:`workbench.probes.together`).
         schedule: when probes run, ``schedule(step, total_steps) -> bool``; default
             ``every(max(1, steps // 10))``.
         store: a RunStore (or its root folder) to save the run to when it ends, whatever its status.
@@ -209,6 +261,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     if isinstance(store, str):
         store = RunStore(store)
     probe_fns = resolve_probes(probes)
+    takes_lr = {name: _takes_lr(fn) for name, fn in probe_fns.items()}
     schedule = schedule or every(max(1, cfg.steps // 10))
     cancel = cancel or CancelToken()
     device = resolve_device(device)
@@ -217,6 +270,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     run = Run(run_id=run_id, config=cfg.to_dict(), status="failed",
               started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     bar = None
+    captures: dict = {}  # in-step probe captures (activation hooks) of the current step
     t_start = t0 = time.perf_counter()
     step = 0
     try:
@@ -254,6 +308,12 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                        leave=True)
         examples = 0
         lr_batch, lr_varies = None, cfg.lr_decay != "constant"
+        # Probes that can run inside the step (layer norms + channel health + smoothness run
+        # together, train mode): they reuse the step's forward and gradient instead of their own
+        # first pass: the same rows, when the step is one batch and its forward draws no random
+        # numbers (else they run before the step like any probe).
+        in_step = {} if forward_uses_rng(model) else {
+            name: fn for name, fn in probe_fns.items() if isinstance(fn, Together) and fn.mode == "train"}
         run.meta["setup_time"] = time.perf_counter() - t_start
         t0 = time.perf_counter()  # wall_time counts training steps, not data/model setup
         for step in range(cfg.steps):
@@ -271,13 +331,19 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             idx = sampler.next(B).to(device)
             x, y = dataset.x_train[idx], dataset.y_train[idx]
 
+            single = cfg.micro_batch is None or cfg.micro_batch >= B
             if probe_fns and schedule(step, cfg.steps):
                 for name, fn in probe_fns.items():
-                    rows.add_frame(step, name, fn(model, (x, y), loss_fn))
+                    if single and name in in_step:
+                        continue  # folded into this step's own forward/backward below
+                    kw = {"lr": lr} if takes_lr[name] else {}
+                    rows.add_frame(step, name, fn(model, (x, y), loss_fn, **kw))
                 if flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
+                if single:
+                    captures = {name: fn.begin(model) for name, fn in in_step.items()}
 
-            if cfg.micro_batch is None or cfg.micro_batch >= B:
+            if single:
                 micro = [(x, y)]  # no accumulation: no index copies on the hot path
             else:
                 micro = [(x[mi], y[mi]) for mi in split_micro(torch.arange(B, device=device), cfg.micro_batch)]
@@ -291,6 +357,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             for xm, ym in micro:
                 m = B if len(micro) == 1 else len(xm)
                 out = model(xm)
+                for capture in captures.values():
+                    capture.close()
                 loss = loss_fn(out, ym)
                 (loss * (m / B) if m != B else loss).backward()
                 losses.append(loss.detach() if m == B else loss.detach() * (m / B))
@@ -301,6 +369,11 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     now = flat.grad.clone() if flat is not None else _flat_grad(params)
                     micro_grads.append((now if cumulative is None else now - cumulative) * (B / m))
                     cumulative = now
+            for name, capture in captures.items():  # the step's loss and gradient, reused
+                rows.add_parts(step, in_step[name].finish(
+                    capture, (x, y), loss_fn, loss, [p.grad for p in capture.params], lr=lr,
+                    frame=False))
+            captures = {}
             if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
                 chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
                 micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
@@ -353,6 +426,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         run.meta["traceback"] = traceback.format_exc(limit=8)
         warnings.warn(f"run {run_id} failed at step {step}: {run.error}", RuntimeWarning, stacklevel=2)
     finally:
+        for capture in captures.values():  # a step that failed between begin and finish
+            capture.close()
         if bar is not None:
             bar.close()
     run.wall_time = time.perf_counter() - t_start

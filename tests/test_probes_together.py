@@ -1,0 +1,129 @@
+"""Layer norms, channel health and smoothness run together (and inside a training step): the
+same rows as each probe on its own, for fewer passes."""
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workbench.data import DataConfig, make_dataset
+from workbench.models import ConvNetConfig, MLPConfig, build_model, fit_to_data
+from workbench.probes import channel_health, layer_norms, smoothness, smoothness_small
+from workbench.probes.together import Together, run_together
+from workbench.train import TrainConfig, every, resolve_probes, train
+from workbench.utils import preserved_state
+
+SMALL = DataConfig(name="gaussian_mixture", n_train=512, n_test=256)
+KEY = ["step", "probe", "metric", "layer"]
+
+
+def _setup(model_cfg, data):
+    ds = make_dataset(data)
+    torch.manual_seed(0)
+    model = build_model(fit_to_data(model_cfg, ds.input_shape, ds.num_outputs, ds.task)).train()
+    return model, (ds.x_train[:24], ds.y_train[:24]), ds.loss_fn
+
+
+def _state(model):
+    return ([p.detach().clone() for p in model.parameters()],
+            [b.detach().clone() for b in model.buffers()])
+
+
+@pytest.mark.parametrize("model_cfg, data", [
+    (MLPConfig(depth=3, width=16, norm="batch"), SMALL),
+    (MLPConfig(depth=2, width=16, norm="batch_channel", residual=True), SMALL),
+    (ConvNetConfig(stages=2, channels=8, norm="group", norm_options={"groups": 2}),
+     DataConfig(name="shapes", n_train=64, n_test=32)),
+])
+def test_together_equals_each_probe_alone_and_leaves_the_model(model_cfg, data):
+    model, batch, loss_fn = _setup(model_cfg, data)
+    params, buffers = _state(model)
+    alone = pd.concat([layer_norms(model, batch, loss_fn), channel_health(model, batch, loss_fn),
+                       smoothness_small(model, batch, loss_fn, lr=0.1)], ignore_index=True)
+    both = run_together(model, batch, loss_fn, lr=0.1)
+    pd.testing.assert_frame_equal(alone, both)
+    after_params, after_buffers = _state(model)
+    assert all(torch.equal(a, b) for a, b in zip(params, after_params))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, after_buffers))
+    # the other subsets, and the full smoothness grid
+    pd.testing.assert_frame_equal(
+        pd.concat([layer_norms(model, batch, loss_fn), channel_health(model, batch, loss_fn)],
+                  ignore_index=True),
+        run_together(model, batch, loss_fn, names=["layer_norms", "channel_health"]))
+    pd.testing.assert_frame_equal(
+        pd.concat([channel_health(model, batch, loss_fn, mode="eval"),
+                   smoothness(model, batch, loss_fn, mode="eval")], ignore_index=True),
+        run_together(model, batch, loss_fn, names=["channel_health", "smoothness"], mode="eval"))
+
+
+def test_finish_inside_a_step_restores_weights_and_entry_buffers():
+    model, batch, loss_fn = _setup(MLPConfig(depth=2, width=16, norm="batch_channel"), SMALL)
+    probe = Together(["layer_norms", "channel_health", "smoothness_small"])
+    with preserved_state(model):  # the reference: the probe run before the step
+        expected = probe(model, batch, loss_fn, lr=0.1)
+    capture = probe.begin(model)
+    loss = loss_fn(model(batch[0]), batch[1])  # the "training" forward moves the BCN buffers
+    capture.close()
+    loss.backward()
+    params, buffers = _state(model)
+    got = probe.finish(capture, batch, loss_fn, loss, [p.grad for p in capture.params], lr=0.1)
+    pd.testing.assert_frame_equal(expected, got)
+    after_params, after_buffers = _state(model)
+    assert all(torch.equal(a, b) for a, b in zip(params, after_params))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, after_buffers))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("norm, micro", [("batch", None), ("batch_channel", None), ("power", None),
+                                         ("batch", 8)])
+def test_training_with_the_preset_gives_the_probes_rows_and_the_same_curve(norm, micro):
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm=norm), data=SMALL, steps=15,
+                      batch_size=32, micro_batch=micro, lr=0.07, eval_every=0)
+    fused = train(cfg, probes="standard", schedule=every(4))
+    # the same probes as plain callables: not fused, run before the step
+    alone = {"layer_norms": functools.partial(layer_norms),
+             "channel_health": functools.partial(channel_health),
+             "smoothness_small": functools.partial(smoothness, num_etas=2)}
+    separate = train(cfg, probes=alone, schedule=every(4))
+    plain = train(cfg)
+    np.testing.assert_array_equal(fused.metric("loss").values, plain.metric("loss").values)
+    a, b = (r.frame[~r.frame.probe.isin(["train", "eval"])].sort_values(KEY, kind="stable", ignore_index=True)
+            for r in (fused, separate))
+    assert len(a) == len(b) > 0 and sorted(a.step.unique()) == [0, 4, 8, 12, 14]
+    pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
+
+
+def test_the_trainer_passes_its_learning_rate_to_smoothness():
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm="batch"), data=SMALL, steps=5,
+                      batch_size=32, lr=0.2)
+    for probes in (["smoothness_small"], "standard"):
+        f = train(cfg, probes=probes, schedule=every(4)).frame
+        f = f[f.probe == "smoothness"].pivot_table(index=["step", "layer"], columns="metric",
+                                                   values="value").dropna()
+        np.testing.assert_allclose(f.lr_effective * f.weight_norm ** 2, 0.2, rtol=1e-5)
+    # a partial that fixed lr keeps it
+    f = train(cfg, probes={"s": functools.partial(smoothness, lr=0.01, num_etas=2)},
+              schedule=every(4)).frame
+    f = f[f.probe == "smoothness"].pivot_table(index=["step", "layer"], columns="metric",
+                                               values="value").dropna()
+    np.testing.assert_allclose(f.lr_effective * f.weight_norm ** 2, 0.01, rtol=1e-5)
+
+
+def test_which_probe_lists_are_fused():
+    assert [type(f) for f in resolve_probes("standard").values()] == [Together]
+    assert list(resolve_probes("cheap")) == ["layer_norms+channel_health"]
+    assert list(resolve_probes(["channel_health"])) == ["channel_health"]
+    both = resolve_probes(["smoothness", "smoothness_small", "layer_norms"])
+    assert list(both) == ["smoothness", "smoothness_small", "layer_norms"]  # two grids: not fused
+    mixed = resolve_probes(["hessian_trace", "layer_norms", "smoothness"])
+    assert list(mixed) == ["hessian_trace", "layer_norms+smoothness"]
+
+
+def test_bad_together_input():
+    with pytest.raises(ValueError, match="hessian_trace.*choose one of"):
+        Together(["layer_norms", "hessian_trace"])
+    with pytest.raises(ValueError, match="one smoothness variant"):
+        Together(["smoothness", "smoothness_small"])
+    with pytest.raises(ValueError, match="mode"):
+        Together(["layer_norms"], mode="test")
