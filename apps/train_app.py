@@ -4,5 +4,7 @@
 workbench.dashboard.live; finished and diverged runs are saved to data/runs/.
 """
 from workbench.dashboard.live import live_app
+from workbench.dashboard.server import freeze_startup_heap
 
+freeze_startup_heap()  # once per server process: closed tabs then cost no GIL stall
 live_app(store_root="data/runs").servable()

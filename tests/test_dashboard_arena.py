@@ -178,3 +178,22 @@ def test_thin_keeps_the_last_point_and_sends_float_arrays():
     assert np.all(np.diff(x) > 0) and np.allclose(y, np.sqrt(x))
     x, y = thin(xs[:50], ys[:50])
     assert list(x) == xs[:50]  # short curves pass whole
+
+
+def test_live_smoothness_follows_each_lanes_learning_rate(app, tmp_path):
+    app.steps, app.probes, app.probe_every = 12, ["smoothness_small"], 5
+    app.lanes[0].lr, app.lanes[1].lr = 0.02, 0.3
+    assert app.start()
+    _run_to_end(app)
+    store = RunStore(tmp_path / "runs")
+    seen = set()
+    for run_id in store.run_ids():
+        run = store.get(run_id)
+        f = run.frame[run.frame.probe == "smoothness"]
+        f = f.pivot_table(index=["step", "layer"], columns="metric", values="value")
+        f = f[["lr_effective", "weight_norm"]].dropna()
+        assert len(f)
+        lr = run.config["lr"]
+        assert (abs(f.lr_effective * f.weight_norm ** 2 / lr - 1) < 1e-4).all()
+        seen.add(lr)
+    assert seen == {0.02, 0.3}

@@ -126,3 +126,27 @@ def test_make_serve_stops_closed_tabs_as_soon_as_the_test_server():
     assert f"--check-unused-sessions {CHECK_UNUSED_MS}" in make
     assert f"--unused-session-lifetime {UNUSED_SESSION_MS}" in make
     assert "--address 127.0.0.1" in make
+
+
+def test_server_entry_points_freeze_the_startup_heap():
+    """Every app script and serve_apps freeze the imported libraries out of the cyclic GC (a
+    closed tab's gc.collect() then does not stall training threads), once per process and never
+    on a plain library import."""
+    code = textwrap.dedent("""
+        import gc, runpy, sys
+        import workbench.dashboard.server as server
+        assert gc.get_freeze_count() == 0, "importing the library must not freeze"
+        server.freeze_startup_heap()
+        frozen = gc.get_freeze_count()
+        assert frozen > 100_000, frozen  # torch, pandas, panel, plotly... are in
+        assert "workbench.dashboard.arena" in sys.modules and "workbench.dashboard.runs" in sys.modules
+        server.freeze_startup_heap()
+        assert gc.get_freeze_count() == frozen, "a second call must not freeze session objects"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=False, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for app in sorted((ROOT / "apps").glob("*.py")):
+        text = app.read_text()
+        assert "freeze_startup_heap()" in text.split(".servable()")[0], app.name

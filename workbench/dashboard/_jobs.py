@@ -21,6 +21,7 @@ from ..norms import NORMS, norm_layouts
 from ..store import Run, RunStore
 from ..train import CancelToken, TrainConfig, every, train
 from ..train.config import DATASET_INPUTS, MODEL_INPUTS
+from ..train.trainer import takes_lr
 
 # Per-session limits: one user cannot hold the server for long or build a huge model.
 MAX_STEPS = 2000
@@ -184,12 +185,18 @@ class Job:
 
     # -- worker side ---------------------------------------------------------------------------
     def _wrap(self, name, fn):
-        def probe(model, batch, loss_fn):
-            frame = fn(model, batch, loss_fn)
+        def keep(frame):
             tagged = frame.assign(step=self._step, probe=name)
             with self._lock:
                 self._frames.append(tagged)
             return frame
+
+        if takes_lr(fn):  # smoothness: its step sizes follow the lane's learning rate
+            def probe(model, batch, loss_fn, *, lr):
+                return keep(fn(model, batch, loss_fn, lr=lr))
+        else:
+            def probe(model, batch, loss_fn):
+                return keep(fn(model, batch, loss_fn))
         return probe
 
     def _on_step(self, step: int, metrics: dict) -> None:

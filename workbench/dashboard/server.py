@@ -1,6 +1,7 @@
 """Every dashboard on one Panel server (tests and benchmarks; ``make serve`` uses apps/*.py)."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import panel as pn
@@ -36,8 +37,32 @@ def serve_apps(port: int, *, store_root: str | Path | None = None, address: str 
 
     Returns Panel's server thread; call ``.stop()`` on it. ``/liveness`` answers once it is up.
     """
+    freeze_startup_heap()
     return pn.serve(app_factories(store_root), port=port, address=address, threaded=True,
                     show=False, liveness=True,
                     check_unused_sessions_milliseconds=CHECK_UNUSED_MS,
                     unused_session_lifetime_milliseconds=UNUSED_SESSION_MS,
                     websocket_origin=[f"{address}:{port}", f"localhost:{port}"])
+
+
+_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Take every object alive now out of the cyclic garbage collector's scans, once per process.
+
+    Panel runs a full ``gc.collect()`` a few seconds after each closed session. With torch,
+    pandas, plotly, bokeh and panel loaded that walks ~300k objects and holds the GIL for about
+    0.3 s on this machine: every training thread on the server stalls that long whenever any
+    tab closes (bench_dashboard saw it as 20-30% lost throughput). Frozen (``gc.freeze``), the
+    imported libraries are skipped and a collection only walks what was allocated since.
+    Called by the server entry points (``serve_apps`` and the ``apps/*.py`` scripts that
+    ``make serve`` runs), after their imports; never on import of the library itself, since
+    frozen objects are never collected as cycles.
+    """
+    global _frozen
+    if not _frozen:
+        app_factories(None)  # import every dashboard module (and what they use) first
+        gc.collect()  # do not freeze garbage
+        gc.freeze()
+        _frozen = True

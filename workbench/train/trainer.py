@@ -90,7 +90,7 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
     return out
 
 
-def _takes_lr(fn) -> bool:
+def takes_lr(fn) -> bool:
     """Whether the trainer should pass its current learning rate to ``fn`` as ``lr=``: ``fn``
     has an ``lr`` keyword that a ``functools.partial`` has not already fixed."""
     if isinstance(fn, functools.partial) and "lr" in fn.keywords:
@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     if isinstance(store, str):
         store = RunStore(store)
     probe_fns = resolve_probes(probes)
-    takes_lr = {name: _takes_lr(fn) for name, fn in probe_fns.items()}
+    lr_probes = {name: takes_lr(fn) for name, fn in probe_fns.items()}
     schedule = schedule or every(max(1, cfg.steps // 10))
     cancel = cancel or CancelToken()
     device = resolve_device(device)
@@ -336,7 +336,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 for name, fn in probe_fns.items():
                     if single and name in in_step:
                         continue  # folded into this step's own forward/backward below
-                    kw = {"lr": lr} if takes_lr[name] else {}
+                    kw = {"lr": lr} if lr_probes[name] else {}
                     rows.add_frame(step, name, fn(model, (x, y), loss_fn, **kw))
                 if flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
