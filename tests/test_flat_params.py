@@ -128,3 +128,17 @@ def test_probe_that_replaces_grads_does_not_break_training():
     np.testing.assert_array_equal(plain.metric("loss").values, probed.metric("loss").values)
     for pa, pb in zip(plain.model.parameters(), probed.model.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_forward_uses_rng_flags_dropout_and_unknown_modules():
+    from workbench.utils import forward_uses_rng
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    assert not forward_uses_rng(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU()))
+    assert forward_uses_rng(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1)))
+    assert forward_uses_rng(nn.MultiheadAttention(4, 2, dropout=0.1))
+    assert not forward_uses_rng(nn.MultiheadAttention(4, 2))
+    assert forward_uses_rng(nn.Sequential(nn.Linear(3, 3), Custom()))

@@ -33,10 +33,13 @@ _RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 def forward_uses_rng(model: nn.Module) -> bool:
     """Whether a forward pass of ``model`` may draw from the global RNG: it has a dropout or RReLU
-    module, or a module whose class comes from neither ``torch.nn`` nor ``workbench`` (unknown
-    code, assumed random). Probes that only run forwards skip saving the RNG state otherwise."""
+    module, a module with a positive ``dropout`` rate, or a module whose class comes from neither
+    ``torch.nn`` nor ``workbench`` (unknown code, assumed random). Probes that only run forwards skip saving the RNG state otherwise."""
     for m in model.modules():
         if isinstance(m, _RANDOM_MODULES):
+            return True
+        rate = getattr(m, "dropout", 0)  # functional dropout (nn.MultiheadAttention(dropout=p))
+        if isinstance(rate, float) and rate > 0:
             return True
         where = type(m).__module__
         if not (where.startswith("torch.nn.") or where.startswith("workbench.")):
