@@ -86,7 +86,7 @@ def main() -> None:
           f"rounds {args.rounds} (best of rounds: least disturbed by other load)")
     print(f"{'case':28s} {'bare ms/step':>13s} {'trainer ms/step':>16s} {'us/step':>8s} "
           f"{'overhead':>9s} {'per-tensor':>11s} {'vs bare+metrics':>16s}")
-    worst = 0.0
+    worst = -float("inf")
     for name, cfg in CASES.items():
         bare_loop(cfg, 20), bare_loop(cfg, 20, metrics=True), trainer_loop(cfg, 20)  # warm-up
         trainer_loop(cfg, 20, flat=False)
