@@ -13,6 +13,7 @@ from .hessian_vs_batch_size import hessian_vs_batch_size
 from .landscape import landscape
 from .layer_norms import layer_norms
 from .smoothness import smoothness, smoothness_small
+from .together import Together, run_together
 
 PROBES = {
     "layer_norms": layer_norms,
@@ -29,9 +30,10 @@ PROBES = {
 }
 
 # Presets ordered by cost; every name must be in PROBES. `cheap` and `standard` are meant to run
-# on the trainer's default schedule (every steps // 10) for a few percent of training time
-# (benchmarks/bench_probes.py measures it); curvature probes cost tens to hundreds of training
-# steps per call, so they are in `full` only.
+# on the trainer's default schedule (every steps // 10); in `train` their probes run together
+# inside the training step (see .together), and benchmarks/bench_probes.py measures what that
+# costs; curvature probes cost tens to hundreds of training steps per call, so they are in `full`
+# only (where layer_norms + channel_health + smoothness still run together).
 PRESETS = {
     "cheap": ("layer_norms", "channel_health"),
     "standard": ("layer_norms", "channel_health", "smoothness_small"),
@@ -40,7 +42,7 @@ PRESETS = {
 }
 # depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 
-__all__ = ["PRESETS", "PROBES", "channel_health", "depth_variance", "gradient_noise_scale",
+__all__ = ["PRESETS", "PROBES", "Together", "channel_health", "depth_variance", "gradient_noise_scale",
            "hessian_density", "hessian_top_eigs",
-           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "smoothness",
-           "smoothness_small"]
+           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "run_together",
+           "smoothness", "smoothness_small"]
