@@ -129,3 +129,25 @@ def test_bad_together_input():
         Together(["smoothness", "smoothness_small"])
     with pytest.raises(ValueError, match="mode"):
         Together(["layer_norms"], mode="test")
+
+
+def test_probe_callback_streams_every_probe_frame_as_stored():
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm="batch"), data=SMALL, steps=9,
+                      batch_size=32, eval_every=0)
+    seen = []
+
+    def gap(model, batch, loss_fn):  # a callable without a probe column: named by its key
+        return pd.DataFrame({"metric": ["gap"], "value": [1.0]})
+
+    run = train(cfg, probes={"layer_norms": layer_norms, "smoothness_small": smoothness_small,
+                             "gap": gap}, schedule=every(4),
+                probe_callback=lambda step, frame: seen.append(frame.assign(step=step)))
+    streamed = pd.concat(seen, ignore_index=True)
+    assert set(streamed.probe) == {"layer_norms", "smoothness", "gap"}
+    assert sorted(streamed.step.unique()) == [0, 4, 8]
+    stored = run.frame[~run.frame.probe.isin(["train", "eval"])]
+    key = ["step", "probe", "metric", "layer"]
+    a = stored.sort_values(key, ignore_index=True)
+    b = streamed.sort_values(key, ignore_index=True)
+    assert a[key].astype(str).equals(b[key].astype(str))
+    np.testing.assert_array_equal(a.value.values, b.value.values)

@@ -21,7 +21,6 @@ from ..norms import NORMS, norm_layouts
 from ..store import Run, RunStore
 from ..train import CancelToken, TrainConfig, every, train
 from ..train.config import DATASET_INPUTS, MODEL_INPUTS
-from ..train.trainer import takes_lr
 
 # Per-session limits: one user cannot hold the server for long or build a huge model.
 MAX_STEPS = 2000
@@ -135,8 +134,11 @@ class Job:
 
     Args:
         cfg: the run.
-        probes: ``{name: fn(model, batch, loss_fn) -> frame}`` run every ``probe_every`` steps;
-            their frames are streamed as they arrive (tagged with ``step``).
+        probes: ``{name: fn(model, batch, loss_fn) -> frame}`` run every ``probe_every`` steps
+            (as :func:`~workbench.train.train` runs them: registered training-time probes run
+            together inside the step, ``lr`` is passed where taken); their frames are streamed as
+            they arrive, tagged with ``step``, rows named by their own ``probe`` column
+            (``smoothness_small``'s rows are ``smoothness``).
         store: where finished and diverged runs are saved (None: nowhere).
         after: ``after(run, cancel) -> frame`` run in the worker once training finished
             (e.g. a Hessian probe on the trained model); its frame comes back in ``extra``.
@@ -151,13 +153,12 @@ class Job:
         self._lock = threading.Lock()
         self._points: list[tuple[int, dict]] = []
         self._frames: list[pd.DataFrame] = []
-        self._step = 0  # the step the trainer runs next (probes run before its update)
         self.state = "new"
         self.result: Run | None = None
         self.saved: str | None = None
         self.extra: pd.DataFrame | None = None
         self.error: str | None = None
-        self._probes = {name: self._wrap(name, fn) for name, fn in (probes or {}).items()}
+        self._probes = dict(probes or {})
         self._probe_every = probe_every
         self.thread = threading.Thread(target=self._work, name=f"train-{cfg.run_id}", daemon=True)
 
@@ -184,25 +185,14 @@ class Job:
         return points, frames
 
     # -- worker side ---------------------------------------------------------------------------
-    def _wrap(self, name, fn):
-        def keep(frame):
-            tagged = frame.assign(step=self._step, probe=name)
-            with self._lock:
-                self._frames.append(tagged)
-            return frame
-
-        if takes_lr(fn):  # smoothness: its step sizes follow the lane's learning rate
-            def probe(model, batch, loss_fn, *, lr):
-                return keep(fn(model, batch, loss_fn, lr=lr))
-        else:
-            def probe(model, batch, loss_fn):
-                return keep(fn(model, batch, loss_fn))
-        return probe
+    def _on_probe(self, step: int, frame: pd.DataFrame) -> None:
+        tagged = frame.assign(step=step)
+        with self._lock:
+            self._frames.append(tagged)
 
     def _on_step(self, step: int, metrics: dict) -> None:
         with self._lock:
             self._points.append((step, metrics))
-            self._step = step + 1
 
     def _work(self) -> None:
         run = None
@@ -214,7 +204,8 @@ class Job:
                 self.state = "training"
                 schedule = every(self._probe_every) if self._probes and self._probe_every else None
                 run = train(self.cfg, probes=self._probes or None, schedule=schedule,
-                            cancel=self.cancel_token, callback=self._on_step)
+                            cancel=self.cancel_token, callback=self._on_step,
+                            probe_callback=self._on_probe)
                 if self.after is not None and run.status == "finished" and not self.cancel_token.cancelled:
                     self.state = "probing"
                     self.extra = self.after(run, self.cancel_token)

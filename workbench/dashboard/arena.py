@@ -39,6 +39,7 @@ PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
 ARENA_PROBES = ("smoothness_small", "hessian_top_eigs", "depth_variance", "channel_health")
 # Cheap budgets for live probes: a probe step should cost a few training steps, not hundreds.
 PROBE_BUDGET = {"hessian_top_eigs": {"max_iter": 20, "tol": 1e-2}}
+ROW_PROBE = {"smoothness_small": "smoothness"}  # the probe column of a choice's rows
 NUM_LANES = 4
 
 
@@ -50,7 +51,10 @@ def probe_fns(names) -> dict:
         from ..probes import PROBES
     except Exception:  # noqa: BLE001  (a half-written probe module must not break the app)
         return {}
-    return {n: functools.partial(PROBES[n], **PROBE_BUDGET.get(n, {})) for n in names if n in PROBES}
+    # the registered functions themselves where there is no budget, so that the trainer runs
+    # channel health and smoothness together inside the step
+    return {n: functools.partial(PROBES[n], **PROBE_BUDGET[n]) if n in PROBE_BUDGET else PROBES[n]
+            for n in names if n in PROBES}
 
 
 class Lane(param.Parameterized):
@@ -289,7 +293,7 @@ class Arena(SessionApp):
                 self._probe_frames[i] = [frame]  # concatenated once, not on every redraw
                 for r, probe in enumerate(self._drawn_probes):
                     trace = self.probe_fig.data[r * NUM_LANES + i]
-                    s = probe_summary(frame[frame["probe"] == probe])
+                    s = probe_summary(frame[frame["probe"] == ROW_PROBE.get(probe, probe)])
                     trace.x, trace.y = s["step"].tolist(), s["value"].tolist()
         plots = (self.loss_plot, self.acc_plot, self.probe_plot) if slow else (self.loss_plot,)
         for plot in plots:

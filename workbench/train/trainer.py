@@ -25,6 +25,7 @@ import torch
 
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model, fit_to_data
+from ..probes._tidy import tidy_parts
 from ..probes.together import Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
 from ..utils import forward_uses_rng, preserved_state, resolve_device, seed_everything
@@ -137,8 +138,6 @@ class _Rows:
         kept = [(np.full(len(f), step, dtype=np.int64), probe, f) for step, probe, f in self.extra
                 if len(f)]
         if self.parts:  # the in-step probes' rows: one frame for all of their steps
-            from ..probes._tidy import tidy_parts
-
             merged = tidy_parts(part for _, parts in self.parts for part in parts)
             lengths = [sum(len(rows) for _, rows, _ in parts) for _, parts in self.parts]
             steps = np.repeat(np.array([s for s, _ in self.parts], dtype=np.int64), lengths)
@@ -229,7 +228,8 @@ def _chunk_grads(model, loss_fn, x, y, chunks: list[torch.Tensor]) -> list[torch
 def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool] | None = None,
           store: RunStore | str | None = None, cancel: CancelToken | None = None,
           progress: bool = False, callback: StepCallback | None = None,
-          device: str | torch.device = "auto", flat_params: bool = True) -> Run:
+          device: str | torch.device = "auto", flat_params: bool = True,
+          probe_callback: Callable[[int, pd.DataFrame], None] | None = None) -> Run:
     """Train the model a config describes and return the :class:`~workbench.store.Run`.
 
     Args:
@@ -248,6 +248,9 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         callback: ``callback(step, metrics)`` after every step, from the training thread
             (dashboards use it to stream points); keep it cheap.
         device: ``"auto"`` (CUDA when present) or a torch device.
+        probe_callback: ``probe_callback(step, frame)`` with every probe frame as it is computed
+            (``probe`` and ``layer`` on every row, as stored), from the training thread
+            (dashboards stream them).
         flat_params: keep parameters and gradients in one flat buffer per optimizer group
             (:mod:`workbench.train.flat`): the same training, with cheaper norms and, for SGD,
             Adam and AdamW, one optimizer update per group instead of one per tensor. ``False``
@@ -337,7 +340,11 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     if single and name in in_step:
                         continue  # folded into this step's own forward/backward below
                     kw = {"lr": lr} if lr_probes[name] else {}
-                    rows.add_frame(step, name, fn(model, (x, y), loss_fn, **kw))
+                    frame = fn(model, (x, y), loss_fn, **kw)
+                    rows.add_frame(step, name, frame)
+                    if probe_callback is not None:
+                        named = {c: v for c, v in (("probe", name), ("layer", "")) if c not in frame}
+                        probe_callback(step, frame.assign(**named) if named else frame)
                 if flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
                 if single:
@@ -370,9 +377,14 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     micro_grads.append((now if cumulative is None else now - cumulative) * (B / m))
                     cumulative = now
             for name, capture in captures.items():  # the step's loss and gradient, reused
-                rows.add_parts(step, in_step[name].finish(
-                    capture, (x, y), loss_fn, loss, [p.grad for p in capture.params], lr=lr,
-                    frame=False))
+                parts = in_step[name].finish(capture, (x, y), loss_fn, loss,
+                                             [p.grad for p in capture.params], lr=lr, frame=False)
+                if probe_callback is None:  # the frame is built once, at the end
+                    rows.add_parts(step, parts)
+                else:
+                    frame = tidy_parts(parts)
+                    rows.add_frame(step, name, frame)
+                    probe_callback(step, frame)
             captures = {}
             if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
                 chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
