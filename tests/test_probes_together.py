@@ -10,6 +10,7 @@ import torch
 from workbench.data import DataConfig, make_dataset
 from workbench.models import ConvNetConfig, MLPConfig, build_model, fit_to_data
 from workbench.probes import channel_health, layer_norms, smoothness, smoothness_small
+from workbench.probes._tidy import tidy_parts
 from workbench.probes.together import Together, run_together
 from workbench.train import TrainConfig, every, resolve_probes, train
 from workbench.utils import preserved_state
@@ -67,7 +68,8 @@ def test_finish_inside_a_step_restores_weights_and_entry_buffers():
     capture.close()
     loss.backward()
     params, buffers = _state(model)
-    got = probe.finish(capture, batch, loss_fn, loss, [p.grad for p in capture.params], lr=0.1)
+    got = tidy_parts(probe.finish(capture, batch, loss_fn, loss, [p.grad for p in capture.params],
+                                  lr=0.1))
     pd.testing.assert_frame_equal(expected, got)
     after_params, after_buffers = _state(model)
     assert all(torch.equal(a, b) for a, b in zip(params, after_params))

@@ -39,13 +39,8 @@ def tidy_parts(parts) -> pd.DataFrame:
             ``hvps`` is 0 and ``converged`` True on every row (training-time probes).
     """
     parts = [(probe, list(rows), iters) for probe, rows, iters in parts]
-    rows = [r for _, rs, _ in parts for r in rs]
-    lengths = [len(rs) for _, rs, _ in parts]
-    n = len(rows)
-    cols = list(zip(*rows)) if rows else [(), (), ()]
-    return pd.DataFrame({
-        "probe": np.repeat(np.array([p for p, _, _ in parts], dtype=object), lengths).tolist(),
-        "metric": list(cols[1]), "layer": list(cols[0]),
-        "value": np.asarray(cols[2], dtype=np.float64), "hvps": np.zeros(n, np.int64),
-        "iters": np.repeat(np.array([i for _, _, i in parts], dtype=np.int64), lengths),
-        "converged": np.ones(n, bool)})
+    lengths = [len(rows) for _, rows, _ in parts]
+    frame = tidy_frame("", [r for _, rows, _ in parts for r in rows])
+    frame["probe"] = np.repeat(np.array([p for p, _, _ in parts], dtype=object), lengths).tolist()
+    frame["iters"] = np.repeat(np.array([i for _, _, i in parts], dtype=np.int64), lengths)
+    return frame

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice
+from ._tidy import TIDY  # noqa: F401  (re-exported: the curvature probes import it from here)
 
 MODES = ("train", "eval")
 KINDS = ("hessian", "ggn")
@@ -302,5 +303,3 @@ def as_subsets(params) -> list:
         raise ValueError("params is an empty list; pass None for all parameters or module names")
     return subsets
 
-
-from ._tidy import TIDY  # noqa: E402,F401  (the tidy columns; re-exported for the probes)

@@ -40,10 +40,11 @@ from ._directions import (
     trainable,
     unflatten,
 )
+from ._tidy import TIDY
 
 DIRECTIONS = ("random", "checkpoint", "hessian")
 AUTO_CHUNK = 16  # grid points per vmapped forward with points_per_call="auto"
-COLUMNS = ["probe", "metric", "layer", "value", "hvps", "iters", "converged", "alpha", "beta"]
+COLUMNS = [*TIDY, "alpha", "beta"]
 
 
 def axis(steps: int, lo: float, hi: float) -> torch.Tensor:

@@ -47,9 +47,9 @@ def layer_norms(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
 def weight_layers(model) -> list[tuple[str, torch.Tensor]]:
     """``[(layer name, weight)]`` of every trainable weight layer (``named_layers()`` when the
     model has it, else every module with a ``weight``)."""
-    named = model.named_layers() if hasattr(model, "named_layers") else [
-        (n, m) for n, m in model.named_modules() if getattr(m, "weight", None) is not None]
-    return [(name, m.weight) for name, m in named if m.weight.requires_grad]
+    named = model.named_layers() if hasattr(model, "named_layers") else model.named_modules()
+    return [(name, m.weight) for name, m in named
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.requires_grad]
 
 
 def norm_rows(weights, grads) -> list[tuple[str, str, float]]:

@@ -28,6 +28,7 @@ from .._validate import check_choice, check_positive
 from ..utils import forward_uses_rng, preserved_state
 from ._directions import MODES, assign, flatten, restore_buffers, snapshot_buffers, trainable
 from ._tidy import tidy_frame
+from .layer_norms import weight_layers
 
 
 def eta_grid(lr: float, etas=None, num_etas: int = 8) -> list[float]:
@@ -95,10 +96,7 @@ def smoothness_targets(model) -> tuple[list[torch.Tensor], list[tuple[str, torch
     if not params:
         raise ValueError("smoothness needs a model with trainable parameters")
     ids = {id(p) for p in params}
-    layers = [(n, m.weight) for n, m in (model.named_layers() if hasattr(model, "named_layers")
-                                         else model.named_modules())
-              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in ids]
-    return params, layers
+    return params, [(n, w) for n, w in weight_layers(model) if id(w) in ids]
 
 
 def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads, etas, lr):
@@ -116,14 +114,15 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
         at += p.numel()
     spans = [offsets[id(w)] for _, w in layers]
 
+    def flat_grad(g):  # an unused parameter (None) has a zero gradient
+        return flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)])
+
     def loss_and_grad():
         restore_buffers(buffers)
         loss = loss_fn(model(x), y)
-        g = torch.autograd.grad(loss, params, allow_unused=True)
-        return loss.detach(), flatten([torch.zeros_like(p) if gi is None else gi
-                                       for gi, p in zip(g, params)])
+        return loss.detach(), flat_grad(torch.autograd.grad(loss, params, allow_unused=True))
 
-    g0_flat = flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    g0_flat = flat_grad(grads)
     loss0 = loss0.detach()
     w0 = flatten(params)
     losses, diffs = [loss0], []

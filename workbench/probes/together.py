@@ -36,11 +36,12 @@ class _Capture:
     def __init__(self, probe: Together, model):
         self.probe, self.model = probe, model
         self.acts = activation_modules(model) if probe.health else []
-        self.weights = weight_layers(model) if probe.layer_norms else []
-        if probe.smooth:
+        if probe.smooth:  # every parameter; its weight layers are layer_norms' layers too
             self.params, self.layers = smoothness_targets(model)
+            self.weights = self.layers if probe.layer_norms else []
         else:
-            self.params, self.layers = [w for _, w in self.weights], []
+            self.weights, self.layers = weight_layers(model) if probe.layer_norms else [], []
+            self.params = [w for _, w in self.weights]
         self.buffers = snapshot_buffers(model) if probe.smooth else None
         self._hooks = capture_inputs(self.acts)
         self.seen = self._hooks.__enter__()
@@ -94,20 +95,21 @@ class Together:
                 capture.close()
             grads = (torch.autograd.grad(loss, capture.params, allow_unused=True)
                      if self.needs_grad else None)
-            return self.finish(capture, batch, loss_fn, loss, grads, lr=lr, restore=False)
+            return tidy_parts(self.finish(capture, batch, loss_fn, loss, grads, lr=lr,
+                                          restore=False))
 
     def begin(self, model) -> _Capture:
         """Before a forward pass on the batch at the current weights (in this probe's mode)."""
         return _Capture(self, model)
 
     def finish(self, capture: _Capture, batch, loss_fn, loss, grads, *, lr: float = 0.05,
-               restore: bool = True, frame: bool = True):
-        """The rows, from the forward that ``capture`` watched, its loss and the gradients of
-        ``capture.params`` (None for an unused one). Smoothness moves the weights and evaluates
-        from the buffers saved by :meth:`begin`; the weights are put back, and the buffers as
-        they were on entry when ``restore``. With ``frame=False``, the ``(probe, rows, iters)`` parts
-        that :func:`~workbench.probes._tidy.tidy_parts` turns into the frame (the trainer keeps
-        those and builds one frame at the end)."""
+               restore: bool = True) -> list[tuple[str, list, int]]:
+        """The ``(probe, rows, iters)`` parts of the rows (:func:`~._tidy.tidy_parts` makes the
+        frame; the trainer keeps the parts and builds one frame at the end), from the forward
+        that ``capture`` watched, its loss and the gradients of ``capture.params`` (None for an
+        unused one). Smoothness moves the weights and evaluates from the buffers saved by
+        :meth:`begin`; the weights are put back, and the buffers as they were on entry when
+        ``restore``."""
         capture.close()
         model = capture.model
         parts = {}
@@ -129,8 +131,7 @@ class Together:
                 if restore:
                     restore_buffers(entry_buffers)
             parts[self.smooth] = ("smoothness", rows, len(etas) + 1)
-        ordered = [parts[n] for n in self.names if n in parts]
-        return tidy_parts(ordered) if frame else ordered
+        return [parts[n] for n in self.names if n in parts]
 
 
 def run_together(model, batch, loss_fn, *, names: Sequence[str] = ("layer_norms", "channel_health",
@@ -154,8 +155,3 @@ def run_together(model, batch, loss_fn, *, names: Sequence[str] = ("layer_norms"
         training step (:meth:`Together.finish`), 2.
     """
     return Together(names, mode=mode)(model, batch, loss_fn, lr=lr)
-
-
-def together(names: Sequence[str]) -> Together:
-    """The probe that runs ``names`` together (see :class:`Together`)."""
-    return Together(names)

@@ -25,8 +25,9 @@ import torch
 
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model, fit_to_data
+from ..probes import PRESETS, PROBES
 from ..probes._tidy import tidy_parts
-from ..probes.together import Together
+from ..probes.together import FUSABLE, Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
 from ..utils import forward_uses_rng, preserved_state, resolve_device, seed_everything
 from .config import TrainConfig
@@ -46,8 +47,6 @@ def resolve_probes(probes) -> dict[str, Probe]:
     """Accept None, a preset name, a list of names/callables, or a ``{name: callable}`` dict."""
     if probes is None:
         return {}
-    from ..probes import PRESETS, PROBES  # local: probes may pull in heavier modules
-
     if isinstance(probes, str):
         if probes in PRESETS:
             probes = list(PRESETS[probes])
@@ -77,8 +76,6 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
     """Replace the registered training-time probes that share their passes (layer norms, channel
     health, smoothness) by one :func:`~workbench.probes.together.run_together` entry when two or
     more of them are asked for: the same rows, under the same probe names, for less work."""
-    from ..probes.together import FUSABLE, together
-
     shared = [n for n, fn in fns.items() if n in FUSABLE and fn is registry.get(n)]
     if len(shared) < 2 or sum(n.startswith("smoothness") for n in shared) > 1:
         return fns
@@ -87,7 +84,7 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
         if name not in shared:
             out[name] = fn
         elif name == shared[0]:
-            out["+".join(shared)] = together(shared)
+            out["+".join(shared)] = Together(shared)
     return out
 
 
@@ -378,7 +375,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     cumulative = now
             for name, capture in captures.items():  # the step's loss and gradient, reused
                 parts = in_step[name].finish(capture, (x, y), loss_fn, loss,
-                                             [p.grad for p in capture.params], lr=lr, frame=False)
+                                             [p.grad for p in capture.params], lr=lr)
                 if probe_callback is None:  # the frame is built once, at the end
                     rows.add_parts(step, parts)
                 else:
