@@ -19,8 +19,31 @@ def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def flat_view(tensors) -> torch.Tensor | None:
+    """The (P,) view that the tensors tile, in order, when they are consecutive contiguous pieces
+    of one storage (the trainer's flat parameter and gradient buffers, ``train.flat``), else
+    None. Detached; writing into it writes into every tensor."""
+    tensors = list(tensors)
+    if not tensors:
+        return None
+    first = tensors[0]
+    storage, size = first.untyped_storage().data_ptr(), first.element_size()
+    at, total = first.data_ptr(), 0
+    for t in tensors:
+        if (t.data_ptr() != at or not t.is_contiguous() or t.dtype != first.dtype
+                or t.untyped_storage().data_ptr() != storage):
+            return None
+        at += t.numel() * size
+        total += t.numel()
+    return first.detach().as_strided((total,), (1,), first.storage_offset())
+
+
 def flatten(tensors) -> torch.Tensor:
-    """A list of tensors -> one flat (P,) tensor (detached)."""
+    """A list of tensors -> one flat (P,) tensor (detached, a copy)."""
+    tensors = list(tensors)
+    view = flat_view(tensors)
+    if view is not None:  # one copy instead of a reshape and a piece per tensor
+        return view.clone()
     return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
@@ -37,7 +60,12 @@ def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
 @torch.no_grad()
 def assign(params, flat: torch.Tensor) -> None:
     """Copy the flat vector ``flat`` (P,) into ``params`` in place."""
-    torch._foreach_copy_(list(params), unflatten(flat, params))
+    params = list(params)
+    view = flat_view(params)
+    if view is not None:
+        view.copy_(flat)
+    else:
+        torch._foreach_copy_(params, unflatten(flat, params))
 
 
 def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -52,17 +52,17 @@ def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicat
     """Per-channel statistics of L layers at once: ``pre``/``out`` are (L, C, M) (channels by
     values). Returns a dict of (L, C) tensors and the (L,) number of duplicate pairs."""
     a = pre.double()
-    var, mean = torch.var_mean(a, dim=2, unbiased=False)
+    mean = a.mean(dim=2)
+    c = a - mean[..., None]
+    var = (c * c).mean(dim=2)  # biased; three small ops beat var_mean's one on CPU
     std = var.sqrt()
-    dead = (out == 0).all(dim=2)
+    dead = ~out.any(dim=2)
     constant = var < constant_threshold
-    dist = torch.where(std > 0, mean.abs() / std.clamp_min(1e-300),
-                       torch.full_like(std, math.inf))
-    centered = (a - mean[..., None]) / std.clamp_min(1e-300)[..., None]
-    corr = centered @ centered.transpose(1, 2) / a.shape[2]  # (L, C, C) correlations
+    dist = torch.where(std > 0, mean.abs() / std, math.inf)  # a constant channel: inf
+    inv = 1 / std.clamp_min(1e-300)
+    corr = (c @ c.transpose(1, 2)) * (inv[:, :, None] * inv[:, None, :]) / a.shape[2]  # (L, C, C)
     ok = ~constant
-    pairs = (corr > duplicate_threshold) & ok[:, :, None] & ok[:, None, :]
-    pairs = pairs.triu(diagonal=1)
+    pairs = (corr > duplicate_threshold).triu_(diagonal=1) & (ok[:, :, None] & ok[:, None, :])
     duplicate = pairs.any(dim=1) | pairs.any(dim=2)
     return {"pre_mean": mean, "pre_std": std, "elimination_distance": dist, "dead": dead,
             "near_constant": constant, "one_sided": dist > elimination_threshold,
@@ -165,8 +165,8 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False):
         out = torch.stack([_by_channel(seen[n][1]) for n in members])
         stats, n_pairs = _channel_stats(pre, out, constant_threshold, elimination_threshold,
                                         duplicate_threshold)
-        flags = torch.stack([stats[k].double().mean(dim=1)
-                             for k in ("dead", "near_constant", "one_sided", "duplicate")], 1)
+        flags = torch.stack([stats[k] for k in ("dead", "near_constant", "one_sided", "duplicate")],
+                            1).double().mean(dim=2)
         dist = stats["elimination_distance"]
         summary = torch.cat([flags, n_pairs.double()[:, None], dist.median(dim=1).values[:, None],
                              torch.full_like(flags[:, :1], dist.shape[1])], 1)  # (L, 7)
@@ -185,15 +185,15 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False):
                              for c, v in enumerate(t[i].tolist())]
     gains = [(name, norm.weight.detach()) for name, norm in model.named_modules()
              if is_norm_module(norm) and isinstance(getattr(norm, "weight", None), torch.Tensor)]
-    if gains:  # the zero-gain fraction of every norm layer from one comparison over all gains
-        sizes = [g.numel() for _, g in gains]
-        small = (torch.cat([g.reshape(-1) for _, g in gains]).abs() < gain_threshold).double()
-        ends = torch.tensor(sizes, device=small.device).cumsum(0)
-        counts = torch.cat([small.new_zeros(1), small.cumsum(0)])[ends]
-        counts = counts - torch.cat([counts.new_zeros(1), counts[:-1]])
-        values.append(counts / torch.tensor(sizes, dtype=counts.dtype, device=counts.device))
-        names += [name for name, _ in gains]
-        metrics += ["zero_gain_fraction"] * len(gains)
+    if gains:  # zero-gain fractions: one comparison per group of same-sized gains
+        by_size: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+        for name, g in gains:
+            by_size.setdefault((g.numel(), g.dtype, g.device), []).append((name, g))
+        for group in by_size.values():
+            small = torch.stack([g.reshape(-1) for _, g in group]).abs() < gain_threshold
+            values.append(small.double().mean(dim=1))
+            names += [name for name, _ in group]
+            metrics += ["zero_gain_fraction"] * len(group)
         if per_channel:
             channel_rows += [(name, "gain", float(v), c) for name, g in gains
                              for c, v in enumerate(g.tolist())]

@@ -9,7 +9,12 @@ standard deviation of the Hutchinson part over sqrt(its sample count); with ``nu
 the trace is computed exactly from a basis (``trace_stderr`` 0). Not every Hessian is steep:
 a wide network's bulk can hold most of ``||H||_F^2`` (the 85k-parameter MLP of
 ``benchmarks/bench_hessian.py``), where Hutch++ wastes two thirds of its products; the default
-``method="auto"`` notices this from the sketch and switches to Hutchinson for the rest.
+``method="adaptive"`` notices this from the sketch and switches to Hutchinson for the rest.
+
+Where the network allows it (parameters only in Linear/Conv layers, a loss that sums per-example
+terms, and for the Hessian a network piecewise linear in each parameter such as a ReLU MLP or CNN
+without normalization), ``method="exact"`` (and ``"auto"``, first) computes the trace exactly
+from C backward passes instead (:mod:`.exact_trace`): no variance, no products.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
-from .hvp import TIDY, as_subsets, curvature_operator, random_vectors
+from .exact_trace import exact_trace, unsupported_reason
+from .hvp import TIDY, as_subsets, curvature_operator, random_vectors, select_params
 
-METHODS = ("auto", "hutchpp", "hutchinson", "both")
+METHODS = ("auto", "exact", "adaptive", "hutchpp", "hutchinson", "both")
 
 
 def trace_estimate(op, method: str, num_matvecs: int, seed: int, block: int = 32) -> tuple[float, float]:
@@ -41,7 +47,7 @@ def _trace(op, method: str, num_matvecs: int, seed: int, block: int = 32) -> tup
     if num_matvecs >= dim:  # exact: e_i^T H e_i
         eye = torch.eye(dim, dtype=dt, device=dev)
         exact = sum(mm(eye[i:i + block]).diagonal(offset=i).sum() for i in range(0, dim, block))
-        return float(exact), 0.0, method
+        return float(exact), 0.0, "basis"
     if method == "hutchinson":
         v = random_vectors(num_matvecs, dim, seed=seed, device=dev, dtype=dt, rademacher=True)
         samples = (mm(v) * v).sum(1)
@@ -53,7 +59,7 @@ def _trace(op, method: str, num_matvecs: int, seed: int, block: int = 32) -> tup
     Q, _ = torch.linalg.qr(HS.T)                              # (P, s), orthonormal columns
     HQ = mm(Q.T)                                              # (s, P): rows H q_j
     exact = float((HQ * Q.T).sum())                           # tr(Q^T H Q)
-    if method == "auto":
+    if method in ("auto", "adaptive"):  # an operator has no exact path: auto is adaptive here
         # Rademacher: Var(v^T A v) <= 2 ||A||_F^2. With n_h ~ s products left, Hutch++'s deflated
         # remainder D = (I - QQ^T) H (I - QQ^T) beats plain Hutchinson on H (which can reuse the
         # sketch's s samples) when the sketch holds over about half of ||H||_F^2: ||D||_F^2 ~
@@ -78,14 +84,19 @@ def hessian_trace(model, batch, loss_fn, *, method: str = "auto", num_matvecs: i
 
     Args:
         model, batch, loss_fn: as every probe (``loss_fn`` returns the mean loss).
-        method: ``"hutchpp"``, ``"hutchinson"``, ``"both"`` (two estimates, each with its own
-            ``num_matvecs``) or ``"auto"``: Hutch++'s sketch first; if it holds under a quarter
+        method: ``"exact"``, ``"adaptive"``, ``"hutchpp"``, ``"hutchinson"``, ``"both"`` (two
+            estimates, each with its own ``num_matvecs``) or ``"auto"`` (``"exact"`` where the
+            network allows it, else ``"adaptive"``). ``"exact"``: the exact trace from C
+            backward passes (C outputs), for networks that allow it (see :mod:`.exact_trace`;
+            otherwise a ValueError saying why). ``"adaptive"``: Hutch++'s sketch first; if it
+            holds under a quarter
             of ``||H||_F^2`` (a flat spectrum, where deflation removes little variance), the last
             third of the products goes to plain Hutchinson, which also reuses the sketch's
             samples (two thirds of the budget as samples instead of one third); otherwise Hutch++
             goes on. Steep spectra (a few outliers, as in trained networks) keep Hutch++.
             The ``method`` column names the estimator actually used.
-        num_matvecs: HVPs per estimate (at least 3 for Hutch++); ``>= P`` gives the exact trace.
+        num_matvecs: HVPs per estimate (at least 3 for Hutch++); ``>= P`` gives the exact trace
+            from the ``P`` unit vectors (``method`` column ``"basis"``).
         mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); a list of names
             gives one estimate per subset.
         rtol: ``converged`` is ``trace_stderr <= rtol * |trace|``.
@@ -93,7 +104,7 @@ def hessian_trace(model, batch, loss_fn, *, method: str = "auto", num_matvecs: i
 
     Returns:
         Tidy rows, metrics ``trace`` and ``trace_stderr`` with a ``method`` column (the
-        estimator used).
+        estimator used; ``"exact"`` rows have ``trace_stderr`` 0 and ``hvps`` 0).
 
     Note:
         Cost: ``num_matvecs`` HVPs per estimate, in blocks of 32 vectors (one batched backward
@@ -103,12 +114,32 @@ def hessian_trace(model, batch, loss_fn, *, method: str = "auto", num_matvecs: i
     check_positive("num_matvecs", num_matvecs, integer=True)
     check_positive("rtol", rtol)
     methods = ("hutchpp", "hutchinson") if method == "both" else (method,)
-    if {"hutchpp", "auto"} & set(methods) and num_matvecs < 3:
+    if {"hutchpp", "auto", "adaptive"} & set(methods) and num_matvecs < 3:
         raise ValueError(f"num_matvecs={num_matvecs} is too small for method {method!r} "
                          "(Hutch++ needs at least 3); use at least 3 or method='hutchinson'")
     rows = []
-    with preserved_state(model):
+    shares = None
+    if method in ("auto", "exact"):
+        reason = unsupported_reason(model, kind, mode)
+        if reason is None:
+            try:
+                with preserved_state(model):
+                    shares = exact_trace(model, batch, loss_fn, kind=kind, mode=mode)
+            except ValueError as err:  # e.g. a loss that couples examples
+                if method == "exact" or "not available" not in str(err):
+                    raise
+        elif method == "exact":
+            raise ValueError(f"method='exact' is not available: {reason}; use method='adaptive', "
+                             "'hutchpp' or 'hutchinson'")
+    if shares is not None:
         for sub in as_subsets(params):
+            names, _ = select_params(model, sub)
+            label = "all" if sub is None else sub
+            tr = sum(shares[n] for n in names)
+            rows += [("trace", label, tr, 0, 1, True, "exact"),
+                     ("trace_stderr", label, 0.0, 0, 1, True, "exact")]
+    with preserved_state(model):
+        for sub in as_subsets(params) if shares is None else ():
             with curvature_operator(model, batch, loss_fn, mode=mode, kind=kind, params=sub) as op:
                 for meth in methods:
                     before = op.hvps

@@ -26,7 +26,7 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import forward_uses_rng, preserved_state
-from ._directions import MODES, assign, flatten, restore_buffers, snapshot_buffers, trainable
+from ._directions import MODES, assign, flat_view, flatten, restore_buffers, snapshot_buffers, trainable
 from ._tidy import tidy_frame
 from .layer_norms import weight_layers
 
@@ -91,10 +91,18 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
 
 
 def smoothness_targets(model) -> tuple[list[torch.Tensor], list[tuple[str, torch.Tensor]]]:
-    """The trainable parameters, and ``[(layer name, weight)]`` of the weight layers among them."""
+    """The trainable parameters, and ``[(layer name, weight)]`` of the weight layers among them.
+
+    The parameters come in model order, or in memory order when that makes them one flat buffer
+    (the trainer's flat parameters, grouped by optimizer group): then the flat weight and gradient
+    vectors are views of the trainer's buffers, one copy each instead of one per tensor.
+    """
     params = [p for _, p in trainable(model)]
     if not params:
         raise ValueError("smoothness needs a model with trainable parameters")
+    in_memory = sorted(params, key=lambda p: p.data_ptr())
+    if flat_view(in_memory) is not None:
+        params = in_memory
     ids = {id(p) for p in params}
     return params, [(n, w) for n, w in weight_layers(model) if id(w) in ids]
 

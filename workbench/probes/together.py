@@ -12,6 +12,7 @@ the ones the probes return on their own, under their own names (the test suite c
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Sequence
 
 import pandas as pd
@@ -33,15 +34,9 @@ class _Capture:
     """What :meth:`Together.begin` sets up before a forward pass: the activation hooks and the
     buffers as they were before it (every smoothness evaluation starts from them)."""
 
-    def __init__(self, probe: Together, model):
+    def __init__(self, probe: Together, model, structure=None):
         self.probe, self.model = probe, model
-        self.acts = activation_modules(model) if probe.health else []
-        if probe.smooth:  # every parameter; its weight layers are layer_norms' layers too
-            self.params, self.layers = smoothness_targets(model)
-            self.weights = self.layers if probe.layer_norms else []
-        else:
-            self.weights, self.layers = weight_layers(model) if probe.layer_norms else [], []
-            self.params = [w for _, w in self.weights]
+        self.acts, self.params, self.layers, self.weights = structure or _structure(probe, model)
         self.buffers = snapshot_buffers(model) if probe.smooth else None
         self._hooks = capture_inputs(self.acts)
         self.seen = self._hooks.__enter__()
@@ -51,6 +46,19 @@ class _Capture:
         if self._hooks is not None:
             self._hooks.__exit__(None, None, None)
             self._hooks = None
+
+
+def _structure(probe: Together, model) -> tuple:
+    """What the probes read from the module tree: ``(activation modules, parameters smoothness
+    moves, its weight layers, layer_norms' weight layers)``."""
+    acts = activation_modules(model) if probe.health else []
+    if probe.smooth:  # every parameter; its weight layers are layer_norms' layers too
+        params, layers = smoothness_targets(model)
+        weights = layers if probe.layer_norms else []
+    else:
+        weights, layers = weight_layers(model) if probe.layer_norms else [], []
+        params = [w for _, w in weights]
+    return acts, params, layers, weights
 
 
 class Together:
@@ -98,9 +106,19 @@ class Together:
             return tidy_parts(self.finish(capture, batch, loss_fn, loss, grads, lr=lr,
                                           restore=False))
 
-    def begin(self, model) -> _Capture:
-        """Before a forward pass on the batch at the current weights (in this probe's mode)."""
-        return _Capture(self, model)
+    def begin(self, model, *, reuse: bool = False) -> _Capture:
+        """Before a forward pass on the batch at the current weights (in this probe's mode).
+
+        ``reuse``: take the module structure (activation modules, parameters, weight layers)
+        found on the previous call with the same model instead of walking the model again; for
+        a caller that knows the model's modules and parameters have not changed since (the
+        trainer, within one run)."""
+        if not reuse:
+            return _Capture(self, model)
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0]() is not model:
+            cached = self._cached = (weakref.ref(model), _structure(self, model))
+        return _Capture(self, model, cached[1])
 
     def finish(self, capture: _Capture, batch, loss_fn, loss, grads, *, lr: float = 0.05,
                restore: bool = True) -> list[tuple[str, list, int]]:

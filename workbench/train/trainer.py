@@ -345,7 +345,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                 if flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
                 if single:
-                    captures = {name: fn.begin(model) for name, fn in in_step.items()}
+                    captures = {name: fn.begin(model, reuse=True) for name, fn in in_step.items()}
 
             if single:
                 micro = [(x, y)]  # no accumulation: no index copies on the hot path
