@@ -63,7 +63,10 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
 
 
 def test_stop_cancels_every_lane_within_a_second(app):
-    app.steps = 2000
+    # steps of a few ms: a training process runs a toy model's 2000 steps in about a second
+    app.steps, app.width, app.depth = 2000, 128, 4
+    for lane in app.lanes:
+        lane.batch_size = 256
     assert app.start()
     _wait(lambda: app.refresh() or app.progress[0].value >= 3)
     t0 = time.monotonic()
@@ -71,7 +74,7 @@ def test_stop_cancels_every_lane_within_a_second(app):
     app.join(5)
     assert time.monotonic() - t0 < 1.0
     _run_to_end(app, 5)
-    assert all("cancelled at step" in app.lane_status[i].object for i in range(2))
+    assert all("cancelled at step" in app.lane_status[i].object for i in range(2)), [app.lane_status[i].object for i in range(2)]
     assert 3 <= len(app.loss_fig.data[0].x) < 2000
 
 

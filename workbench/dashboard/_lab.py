@@ -2,12 +2,13 @@
 
 A :class:`ProbeLab` trains one or more variants of a small model live (a loss curve per variant,
 a progress bar, Stop), optionally measures probes during training (``probe_fns``) and once at the
-end (``after``, in the worker), then hands the frames to ``draw_results`` on the event loop.
+end (``after``, where it trained), then hands the frames to ``draw_results`` on the event loop.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -95,7 +96,10 @@ class ProbeLab(SessionApp):
     def probe_fns(self) -> tuple[dict, int]:
         return {}, 0
 
-    def after(self, run, cancel) -> pd.DataFrame | None:
+    def after(self) -> Callable | None:
+        """The step run on the trained model where it trained, ``fn(run, cancel) -> frame``
+        (None: none). It must pickle (a module-level function or a ``functools.partial`` of
+        one) for the job to train in a process of its own."""
         return None
 
     def draw_results(self) -> None:
@@ -124,7 +128,7 @@ class ProbeLab(SessionApp):
             return False
         self.clear_error()
         probes, every_n = self.probe_fns()
-        after = self.after if type(self).after is not ProbeLab.after else None
+        after = self.after()
         self.names = [n for n, _ in variants]
         self._curves = [([], []) for _ in variants]
         self.probe_frames = [[] for _ in variants]

@@ -7,12 +7,14 @@ Trains one model live (:class:`~._lab.ProbeLab`), then, in the worker, measures
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
 import panel as pn
 import param
 
+from ..train.worker import hessian_vs_batch_size_after
 from ..viz.curvature import density_figure, lambda_max_figure, stable_lr_figure, trace_figure
 from ._lab import ProbeLab
 from ._session import page, plotly_pane
@@ -49,14 +51,10 @@ class CurvatureLab(ProbeLab):
         if not isinstance(self.max_iter, int) or not 5 <= self.max_iter <= 200:
             raise ValueError(f"Lanczos steps must be between 5 and 200, got {self.max_iter!r}")
 
-    def after(self, run, cancel) -> pd.DataFrame | None:
-        from ..probes import hessian_vs_batch_size  # lazily: the app loads without it
-
-        sizes = sorted(b for b in self.batch_sizes if b < run.dataset.n_train)
-        return hessian_vs_batch_size(run.model, run.dataset, run.dataset.loss_fn,
-                                     batch_sizes=sizes, num_batches=self.num_batches,
-                                     max_iter=self.max_iter, density_steps=20, adam=False,
-                                     mode=self.mode, seed=self.seed)
+    def after(self):
+        return functools.partial(hessian_vs_batch_size_after, batch_sizes=list(self.batch_sizes),
+                                 num_batches=self.num_batches, max_iter=self.max_iter,
+                                 density_steps=20, adam=False, mode=self.mode, seed=self.seed)
 
     def draw_results(self) -> None:
         frames = [j.extra for j in self.jobs if j.done and j.extra is not None]

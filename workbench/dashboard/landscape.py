@@ -5,12 +5,14 @@ worker. BatchNorm mode (train: batch statistics; eval: running statistics) is se
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
 import panel as pn
 import param
 
+from ..train.worker import landscape_after
 from ..viz.landscape import contour_figure, line_figure, surface_figure
 from ._lab import ProbeLab
 from ._session import page, plotly_pane
@@ -49,14 +51,10 @@ class LandscapeLab(ProbeLab):
         if not isinstance(self.examples, int) or not 2 <= self.examples <= 2048:
             raise ValueError(f"examples must be between 2 and 2048, got {self.examples!r}")
 
-    def after(self, run, cancel) -> pd.DataFrame | None:
-        from ..probes import landscape  # lazily: the app loads without it
-
-        n = min(self.examples, run.dataset.n_train)
-        batch = (run.dataset.x_train[:n], run.dataset.y_train[:n])
-        return landscape(run.model, batch, run.dataset.loss_fn, dims=self.dims, steps=self.grid,
-                         span=float(self.span), direction=self.direction, mode=self.mode,
-                         seed=self.seed)
+    def after(self):
+        return functools.partial(landscape_after, examples=self.examples, dims=self.dims,
+                                 steps=self.grid, span=float(self.span), direction=self.direction,
+                                 mode=self.mode, seed=self.seed)
 
     def draw_results(self) -> None:
         frames = [j.extra for j in self.jobs if j.done and j.extra is not None]

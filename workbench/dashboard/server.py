@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import threading
 from pathlib import Path
 
 import panel as pn
@@ -59,6 +61,10 @@ def freeze_startup_heap() -> None:
     Called by the server entry points (``serve_apps`` and the ``apps/*.py`` scripts that
     ``make serve`` runs), after their imports; never on import of the library itself, since
     frozen objects are never collected as cycles.
+
+    Also starts, in the background, the forkserver that training processes fork from
+    (``_jobs``: jobs train in processes of their own), so the first Train click does not wait
+    for it to import torch.
     """
     global _frozen
     if not _frozen:
@@ -66,3 +72,7 @@ def freeze_startup_heap() -> None:
         gc.collect()  # do not freeze garbage
         gc.freeze()
         _frozen = True
+        if os.environ.get("NORMLAB_JOB_ISOLATION", "process") == "process":
+            from ._jobs import warm_up
+
+            threading.Thread(target=warm_up, name="normlab-forkserver", daemon=True).start()

@@ -26,7 +26,15 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import forward_uses_rng, preserved_state
-from ._directions import MODES, assign, flat_view, flatten, restore_buffers, snapshot_buffers, trainable
+from ._directions import (
+    MODES,
+    assign,
+    flat_view,
+    flatten,
+    restore_buffers,
+    snapshot_buffers,
+    trainable,
+)
 from ._tidy import tidy_frame
 from .layer_norms import weight_layers
 

@@ -49,8 +49,9 @@ class log_spaced:
 class CancelToken:
     """Thread-safe flag a trainer checks between steps: ``token.cancel()`` stops it cleanly."""
 
-    def __init__(self):
-        self._event = threading.Event()
+    def __init__(self, event=None):
+        # any object with set/is_set/clear: a multiprocessing.Event lets another process cancel
+        self._event = threading.Event() if event is None else event
 
     def cancel(self) -> None:
         self._event.set()

@@ -1,0 +1,115 @@
+"""Dashboard jobs: training in a child process (the default) and in the worker thread."""
+import os
+import time
+
+import pandas as pd
+import pytest
+
+from workbench.dashboard._jobs import Job
+from workbench.data import DataConfig
+from workbench.models import MLPConfig
+from workbench.probes import PROBES
+from workbench.train import TrainConfig
+
+
+def cfg(steps=60, model=None):
+    return TrainConfig(model=model or MLPConfig(depth=2, width=16),
+                       data=DataConfig(name="gaussian_mixture"), steps=steps, batch_size=32,
+                       eval_every=0)
+
+
+def pid_probe(model, batch, loss_fn):
+    """A picklable probe that says which process it ran in."""
+    return pd.DataFrame({"metric": ["pid"], "value": [float(os.getpid())]})
+
+
+def exit_probe(model, batch, loss_fn):
+    os._exit(3)  # the training process dies without a word
+
+
+def run_job(job, timeout=60.0):
+    job.start()
+    points, frames = [], []
+    deadline = time.monotonic() + timeout
+    while not job.done:
+        assert time.monotonic() < deadline, "job did not end"
+        p, f = job.drain()
+        points += p
+        frames += f
+        time.sleep(0.01)
+    p, f = job.drain()
+    return points + p, frames + f
+
+
+def test_process_and_thread_jobs_stream_the_same_run():
+    probes = {"channel_health": PROBES["channel_health"], "smoothness_small": PROBES["smoothness_small"],
+              "pid": pid_probe}
+    out = {}
+    for isolation in ("process", "thread"):
+        job = Job(cfg(), probes=probes, probe_every=20, isolation=isolation)
+        assert job.isolation == isolation
+        out[isolation] = (job, *run_job(job))
+    (pjob, ppoints, pframes), (tjob, tpoints, tframes) = out["process"], out["thread"]
+    assert pjob.result.status == tjob.result.status == "finished"
+    assert [s for s, _ in ppoints] == [s for s, _ in tpoints] == list(range(60))
+    assert [m["loss"] for _, m in ppoints] == [m["loss"] for _, m in tpoints]  # same seed, same run
+    cols = ["step", "probe", "metric", "layer", "value"]
+    strip = [f for f in pframes if "pid" not in set(f.metric)]
+    tstrip = [f for f in tframes if "pid" not in set(f.metric)]
+    pd.testing.assert_frame_equal(pd.concat(strip)[cols].reset_index(drop=True),
+                                  pd.concat(tstrip)[cols].reset_index(drop=True))
+    # the fused in-step probes stayed fused after pickling (one frame per probe step, not two)
+    assert len(strip) == len(tstrip) == 4  # steps 0, 20, 40 and the last
+    pids = {isolation: {f.value.iloc[0] for f in frames if "pid" in set(f.metric)}
+            for isolation, frames in (("process", pframes), ("thread", tframes))}
+    assert pids["thread"] == {float(os.getpid())}
+    assert len(pids["process"]) == 1 and pids["process"] != pids["thread"]
+    drop = ["wall_time", "pid"]  # timings and pids differ; everything else is the same run
+    a, b = (j.result.frame for j in (pjob, tjob))
+    pd.testing.assert_frame_equal(a[~a.metric.isin(drop)].reset_index(drop=True),
+                                  b[~b.metric.isin(drop)].reset_index(drop=True))
+
+
+def test_unpicklable_parts_fall_back_to_the_thread():
+    job = Job(cfg(steps=5), probes={"lam": lambda m, b, l: pd.DataFrame()}, isolation="process")
+    assert job.isolation == "thread"
+    run_job(job)
+    assert job.result.status == "finished"
+
+
+def test_after_runs_in_the_training_process():
+    import functools
+
+    from workbench.train.worker import landscape_after
+
+    after = functools.partial(landscape_after, examples=64, dims=1, steps=5)
+    job = Job(cfg(steps=10), after=after, isolation="process")
+    run_job(job)
+    assert job.result.status == "finished" and job.error is None
+    assert set(job.extra.probe) == {"landscape"} and len(job.extra) > 0
+
+
+def test_a_dying_training_process_is_reported_not_hung():
+    job = Job(cfg(steps=50), probes={"exit": exit_probe}, probe_every=10, isolation="process")
+    run_job(job)
+    assert job.result.status == "failed"
+    assert "training process ended without a result" in job.error
+
+
+def test_cancel_reaches_the_process_within_a_second():
+    job = Job(cfg(steps=2000, model=MLPConfig(depth=4, width=128)), isolation="process")
+    job.start()
+    deadline = time.monotonic() + 60
+    while not job.drain()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    job.cancel()
+    job.join(5)
+    assert job.done and time.monotonic() - t0 < 1.0
+    assert job.result.status == "cancelled" and 0 < job.result.steps_done < 2000
+
+
+def test_bad_isolation_is_a_value_error():
+    with pytest.raises(ValueError, match="isolation.*process.*thread"):
+        Job(cfg(), isolation="fork")

@@ -1,0 +1,124 @@
+"""Where a dashboard job's training runs: the job's work, in this process or in a child process.
+
+:func:`run_job` is a job's work wherever it runs: train, then the ``after`` step on a finished run.
+:func:`child_main` runs it in a child process and sends what happens over a pipe: per-step points in
+batches (every :data:`FLUSH_S` seconds), probe frames as they come, state changes, then the run
+(without its live model and data set) and the ``after`` frame, or an error. Children are forked
+from a forkserver (:func:`context`) that has imported torch, the trainer and the probes once, so
+starting one costs tens of milliseconds; this module imports no dashboard code (no panel), which
+keeps that server and every child light. The after-training probes the dashboards use live here
+too, as module-level functions, so that ``functools.partial`` of them pickles.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+from .hooks import CancelToken, every
+from .trainer import train
+
+FLUSH_S = 0.05  # a training process sends its buffered points this often
+# "__main__" first: the forkserver imports the main script once (``panel serve``'s, pytest's);
+# without it every child would import it again (multiprocessing's spawn rule), e.g. all of panel.
+# As with any multiprocessing start method but fork, a script that starts jobs needs the
+# ``if __name__ == "__main__":`` guard.
+PRELOAD = ["__main__", "workbench.train.worker", "workbench.probes"]
+
+
+def run_job(cfg, probes, probe_every, after, cancel, on_step, on_probe, set_state):
+    """What a job does wherever it runs: train, then ``after`` on a finished run."""
+    schedule = every(probe_every) if probes and probe_every else None
+    run = train(cfg, probes=probes or None, schedule=schedule, cancel=cancel, callback=on_step,
+                probe_callback=on_probe)
+    extra = None
+    if after is not None and run.status == "finished" and not cancel.cancelled:
+        set_state("probing")
+        extra = after(run, cancel)
+    return run, extra
+
+
+def child_main(cfg, probes, probe_every, after, threads, conn, stop) -> None:
+    """A training process: the job's work, with its points sent in batches over ``conn``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    points: list = []
+    last = [time.monotonic()]
+
+    def flush() -> None:
+        if points:
+            conn.send(("points", list(points)))
+            points.clear()
+        last[0] = time.monotonic()
+
+    def on_step(step, metrics) -> None:
+        points.append((step, metrics))
+        if time.monotonic() - last[0] >= FLUSH_S:
+            flush()
+
+    def on_probe(step, frame) -> None:
+        flush()  # the probe's step after the points before it
+        conn.send(("frame", step, frame))
+
+    def set_state(state) -> None:
+        flush()
+        conn.send(("state", state))
+
+    try:
+        run, extra = run_job(cfg, probes, probe_every, after, CancelToken(stop), on_step, on_probe,
+                             set_state)
+        flush()
+        run.model = run.dataset = None  # live objects stay here; the frame is the result
+        conn.send(("done", run, extra))
+    except BaseException as exc:  # noqa: BLE001  (report, never hang the worker)
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except (OSError, ValueError):
+            pass
+    finally:
+        conn.close()
+
+
+_CONTEXT = None
+_CONTEXT_LOCK = threading.Lock()
+
+
+def context():
+    """The forkserver context, its server preloaded with the workbench (started on first use)."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(PRELOAD)
+            _CONTEXT = ctx
+        return _CONTEXT
+
+
+def warm_up() -> None:
+    """Start the forkserver that training processes fork from (imports torch once, ~2 s), so
+    that the first job does not wait for it. Safe to call more than once."""
+    from multiprocessing import forkserver
+
+    context()
+    forkserver.ensure_running()
+
+
+# -- after-training probes of the dashboards (picklable with functools.partial) ----------------
+def hessian_vs_batch_size_after(run, cancel, *, batch_sizes, **kwargs):
+    """``probes.hessian_vs_batch_size`` on the trained model and its training set (the sizes
+    below the training set's size)."""
+    from ..probes import hessian_vs_batch_size
+
+    sizes = sorted(b for b in batch_sizes if b < run.dataset.n_train)
+    return hessian_vs_batch_size(run.model, run.dataset, run.dataset.loss_fn, batch_sizes=sizes,
+                                 **kwargs)
+
+
+def landscape_after(run, cancel, *, examples, **kwargs):
+    """``probes.landscape`` of the trained model on its first ``examples`` training examples."""
+    from ..probes import landscape
+
+    n = min(examples, run.dataset.n_train)
+    batch = (run.dataset.x_train[:n], run.dataset.y_train[:n])
+    return landscape(run.model, batch, run.dataset.loss_fn, **kwargs)
