@@ -71,7 +71,7 @@ def test_process_and_thread_jobs_stream_the_same_run():
 
 
 def test_unpicklable_parts_fall_back_to_the_thread():
-    job = Job(cfg(steps=5), probes={"lam": lambda m, b, l: pd.DataFrame()}, isolation="process")
+    job = Job(cfg(steps=5), probes={"lam": lambda model, batch, loss_fn: pd.DataFrame()}, isolation="process")
     assert job.isolation == "thread"
     run_job(job)
     assert job.result.status == "finished"
