@@ -197,3 +197,19 @@ def test_model_is_left_as_found():
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_hessian_vs_batch_size_uses_the_exact_trace_where_it_can():
+    from workbench.probes import hessian_vs_batch_size
+
+    model, (x, y) = relu_mlp().double(), data(n=64)
+    f = hessian_vs_batch_size(model, (x, y), F.cross_entropy, batch_sizes=[16], num_batches=2,
+                              adam=False, max_iter=20)
+    full = f[(f.metric == "trace") & (f.batch_size == 64)].value.item()
+    assert full == pytest.approx(float(torch.trace(dense_matrix(model, (x, y), F.cross_entropy))), rel=1e-10)
+    # the mini-batch traces are exact too: their spread is the batches', not an estimator's
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    exact = [float(torch.trace(dense_matrix(model, (x[i], y[i]), F.cross_entropy)))
+             for i in (perm[:16], perm[16:32])]
+    row = f[f.batch_size == 16].set_index("metric").value
+    assert row["trace_mean"] == pytest.approx(sum(exact) / 2, rel=1e-10)

@@ -16,9 +16,10 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
+from .exact_trace import exact_trace, unsupported_reason
 from .hessian_density import broadened_density
 from .hessian_trace import trace_estimate
-from .hvp import KINDS, MODES, TIDY, check_batch, curvature_operator, random_vectors
+from .hvp import KINDS, MODES, TIDY, check_batch, curvature_operator, random_vectors, select_params
 from .lanczos import lanczos_eigs, lanczos_quadrature
 
 COLUMNS = TIDY[1:] + ["batch_size", "eigenvalue"]
@@ -71,8 +72,10 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); one subset.
         max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run); the
             residual bound ``tol * max|lambda|`` (default 1e-2) is far below the batch-to-batch spread.
-        trace_matvecs: products per Hessian for the trace (``method="auto"`` of
-            :func:`~.hessian_trace.hessian_trace`; 0: no trace).
+        trace_matvecs: products per Hessian for the trace (``method="adaptive"`` of
+            :func:`~.hessian_trace.hessian_trace`; 0: no trace). Where the network allows the
+            exact trace (``method="exact"``: Linear/Conv parameters, and for the Hessian a
+            network piecewise linear in each parameter) it is used instead, at no products.
         density_steps: SLQ steps (2 runs) per Hessian, averaged into a density per B (0: none).
         adam: also the Adam-preconditioned Hessian ``P^-1/2 H P^-1/2``, ``P = diag(sqrt(v_B)+eps)``.
         seed: of the batch draws and probe vectors (local generators).
@@ -108,6 +111,9 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
     check_positive("num_batches", num_batches, integer=True)
     gen = torch.Generator().manual_seed(seed)
     rows, results = [], {}
+    exact_names = None  # the parameters whose exact trace shares add up to the trace
+    if trace_matvecs and unsupported_reason(model, kind, mode) is None:
+        exact_names = select_params(model, params)[0]
     with preserved_state(model):
         for b in batch_sizes + [n]:
             perm = torch.randperm(n, generator=gen).to(x.device)
@@ -115,10 +121,20 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
             draws = [perm[i * b:(i + 1) * b] for i in range(count)]
             specs, grads_sq = [], []
             for j, idx in enumerate(draws):
+                exact = None
+                if exact_names is not None:
+                    try:
+                        shares = exact_trace(model, (x[idx], y[idx]), loss_fn, kind=kind, mode=mode)
+                        exact = sum(shares[n] for n in exact_names)
+                    except ValueError:  # e.g. a loss that couples examples: estimate it
+                        exact_names = None
                 with curvature_operator(model, (x[idx], y[idx]), loss_fn, mode=mode, kind=kind,
                                         params=params) as op:
-                    spec = _spectrum(op, max_iter=max_iter, tol=tol, trace_matvecs=trace_matvecs,
+                    spec = _spectrum(op, max_iter=max_iter, tol=tol,
+                                     trace_matvecs=0 if exact is not None else trace_matvecs,
                                      density_steps=density_steps, seed=seed + j)
+                    if exact is not None:
+                        spec["trace"] = exact
                     spec["hvps"], label = op.hvps, op.label
                     grads_sq.append(op.grad.pow(2))
                     specs.append(spec)
