@@ -113,3 +113,17 @@ def test_cancel_reaches_the_process_within_a_second():
 def test_bad_isolation_is_a_value_error():
     with pytest.raises(ValueError, match="isolation.*process.*thread"):
         Job(cfg(), isolation="fork")
+
+
+def test_an_error_in_the_training_process_reads_like_one_in_the_thread():
+    errors = {}
+    for isolation in ("process", "thread"):
+        # an error outside the trainer (which turns a failing probe into a failed run)
+        job = Job(cfg(steps=3), after=raise_after, isolation=isolation)
+        run_job(job)
+        errors[isolation] = (job.result.status, job.error)
+    assert errors["process"] == errors["thread"] == ("failed", "ValueError: bad after step")
+
+
+def raise_after(run, cancel):
+    raise ValueError("bad after step")

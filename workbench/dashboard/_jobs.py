@@ -12,12 +12,12 @@ thread itself (``"thread"``). A training thread shares the server's GIL with the
 event loop and every other session's training: each time a torch op releases the GIL, the event
 loop may take it and the training waits (measured: 20% fewer steps per second inside the
 dashboard than in a plain loop, and two sessions' trainings serialize on one GIL). A child process
-has its own interpreter: it trains at plain-loop speed on its own core, and sends its points in
-batches every :data:`FLUSH_S` seconds over a pipe. Children are forked from a *forkserver* that has
-imported torch and the workbench once (``warm_up()``, called when the server starts), so a job
-starts in tens of milliseconds, not seconds. Probes and the ``after`` step must then be picklable
-(module-level functions, ``functools.partial`` of them); a job whose parts are not falls back to
-the thread.
+has its own interpreter (bench_dashboard: within 3% of a plain loop when it has a core to
+itself) and sends its points in batches every ``train.worker.FLUSH_S`` seconds over a pipe.
+Children are forked from a *forkserver* that has imported torch and the workbench once
+(``train.worker.warm_up()``, called when the server starts), so a job starts in tens of
+milliseconds, not seconds. Probes and the ``after`` step must then be picklable (module-level
+functions, ``functools.partial`` of them); a job whose parts are not falls back to the thread.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ..norms import NORMS, norm_layouts
 from ..store import Run, RunStore
 from ..train import CancelToken, TrainConfig
 from ..train.config import DATASET_INPUTS, MODEL_INPUTS
-from ..train.worker import FLUSH_S, child_main, context, run_job, warm_up  # noqa: F401
+from ..train.worker import ChildFailed, child_main, context, run_job
 
 # Per-session limits: one user cannot hold the server for long or build a huge model.
 MAX_STEPS = 2000
@@ -241,7 +241,7 @@ class Job:
                 except OSError as exc:
                     self.saved = f"not saved: {exc}"
         except Exception as exc:  # noqa: BLE001  (a worker must always report back)
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = str(exc) if isinstance(exc, ChildFailed) else f"{type(exc).__name__}: {exc}"
             run = Run(run_id=self.cfg.run_id, config=self.cfg.to_dict(), status="failed",
                       error=self.error)
         finally:
@@ -273,8 +273,10 @@ class Job:
                 try:
                     msg = receive.recv()
                 except EOFError:
-                    raise RuntimeError("the training process ended without a result (exit code "
-                                       f"{proc.exitcode if proc.exitcode is not None else 'unknown'})") from None
+                    proc.join(2.0)
+                    code = proc.exitcode if proc.exitcode is not None else "unknown"
+                    raise ChildFailed("the training process ended without a result "
+                                      f"(exit code {code})") from None
                 kind = msg[0]
                 if kind == "points":
                     with self._lock:
@@ -284,7 +286,7 @@ class Job:
                 elif kind == "state":
                     self.state = msg[1]
                 elif kind == "error":
-                    raise RuntimeError(msg[1])
+                    raise ChildFailed(msg[1])
                 else:  # "done"
                     return msg[1], msg[2]
         finally:

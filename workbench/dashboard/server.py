@@ -73,6 +73,6 @@ def freeze_startup_heap() -> None:
         gc.freeze()
         _frozen = True
         if os.environ.get("NORMLAB_JOB_ISOLATION", "process") == "process":
-            from ._jobs import warm_up
+            from ..train.worker import warm_up
 
             threading.Thread(target=warm_up, name="normlab-forkserver", daemon=True).start()

@@ -344,16 +344,18 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
 
             single = cfg.micro_batch is None or cfg.micro_batch >= B
             if probe_fns and schedule(step, cfg.steps):
+                ran = False
                 for name, fn in probe_fns.items():
                     if single and name in in_step:
                         continue  # folded into this step's own forward/backward below
+                    ran = True
                     kw = {"lr": lr} if lr_probes[name] else {}
                     frame = fn(model, (x, y), loss_fn, **kw)
                     rows.add_frame(step, name, frame)
                     if probe_callback is not None:
                         named = {c: v for c, v in (("probe", name), ("layer", "")) if c not in frame}
                         probe_callback(step, frame.assign(**named) if named else frame)
-                if flat is not None and not flat.linked():  # a probe replaced .data or .grad
+                if ran and flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
                 if single:
                     captures = {name: fn.begin(model, reuse=True) for name, fn in in_step.items()}

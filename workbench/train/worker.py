@@ -26,6 +26,10 @@ FLUSH_S = 0.05  # a training process sends its buffered points this often
 PRELOAD = ["__main__", "workbench.train.worker", "workbench.probes"]
 
 
+class ChildFailed(RuntimeError):
+    """A training process failed; the message is its error (``"Type: message"``) or how it ended."""
+
+
 def run_job(cfg, probes, probe_every, after, cancel, on_step, on_probe, set_state):
     """What a job does wherever it runs: train, then ``after`` on a finished run."""
     schedule = every(probe_every) if probes and probe_every else None
