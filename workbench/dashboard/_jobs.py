@@ -249,6 +249,12 @@ class Job:
                 self.result = run
             self.state = "done"  # last: once done, result (and extra) are final
 
+    def _child_threads(self, threads: int) -> int:
+        """Intra-op threads of a training process: the server's, shared among as many trainings
+        as may run at once (toy models gain little from more, and 4 processes x all cores would
+        oversubscribe the machine)."""
+        return max(1, threads // self.slots.capacity)
+
     def _set_state(self, state: str) -> None:
         self.state = state
 
@@ -261,7 +267,7 @@ class Job:
         stop = ctx.Event()
         proc = ctx.Process(target=child_main, name=f"train-{self.cfg.run_id}", daemon=True,
                            args=(self.cfg, self._probes, self._probe_every, self.after,
-                                 torch.get_num_threads(), send, stop))
+                                 self._child_threads(torch.get_num_threads()), send, stop))
         proc.start()
         send.close()  # the child holds the only write end: EOF when it exits
         try:
