@@ -127,3 +127,13 @@ def test_an_error_in_the_training_process_reads_like_one_in_the_thread():
 
 def raise_after(run, cancel):
     raise ValueError("bad after step")
+
+
+def test_no_forkserver_means_the_thread(monkeypatch):
+    from workbench.dashboard import _jobs
+
+    monkeypatch.setattr(_jobs, "worker_available", lambda: False)
+    assert Job(cfg(steps=3), isolation="process").isolation == "thread"
+    monkeypatch.setenv("NORMLAB_JOB_ISOLATION", "thread")
+    monkeypatch.setattr(_jobs, "worker_available", lambda: True)
+    assert Job(cfg(steps=3)).isolation == "thread"

@@ -17,7 +17,8 @@ itself) and sends its points in batches every ``train.worker.FLUSH_S`` seconds o
 Children are forked from a *forkserver* that has imported torch and the workbench once
 (``train.worker.warm_up()``, called when the server starts), so a job starts in tens of
 milliseconds, not seconds. Probes and the ``after`` step must then be picklable (module-level
-functions, ``functools.partial`` of them); a job whose parts are not falls back to the thread.
+functions, ``functools.partial`` of them); a job whose parts are not, or on a system without
+the forkserver start method (Windows), falls back to the thread.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from ..store import Run, RunStore
 from ..train import CancelToken, TrainConfig
 from ..train.config import DATASET_INPUTS, MODEL_INPUTS
 from ..train.worker import ChildFailed, child_main, context, run_job
+from ..train.worker import available as worker_available
 
 # Per-session limits: one user cannot hold the server for long or build a huge model.
 MAX_STEPS = 2000
@@ -169,8 +171,8 @@ class Job:
         self.cfg, self.store, self.after = cfg, store, after
         isolation = isolation or os.environ.get("NORMLAB_JOB_ISOLATION", "process")
         check_choice("isolation", isolation, ISOLATIONS)
-        if isolation == "process" and not _picklable((cfg, probes, after)):
-            isolation = "thread"  # e.g. a lambda probe: it cannot reach another process
+        if isolation == "process" and not (worker_available() and _picklable((cfg, probes, after))):
+            isolation = "thread"  # e.g. a lambda probe (it cannot reach another process), Windows
         self.isolation = isolation
         self.slots = slots or SLOTS
         self.cancel_token = CancelToken()

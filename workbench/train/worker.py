@@ -88,6 +88,11 @@ _CONTEXT = None
 _CONTEXT_LOCK = threading.Lock()
 
 
+def available() -> bool:
+    """Whether training processes can be forked from a forkserver here (POSIX; not Windows)."""
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
 def context():
     """The forkserver context, its server preloaded with the workbench (started on first use)."""
     global _CONTEXT
@@ -104,6 +109,8 @@ def warm_up() -> None:
     that the first job does not wait for it. Safe to call more than once."""
     from multiprocessing import forkserver
 
+    if not available():
+        return
     context()
     forkserver.ensure_running()
 
