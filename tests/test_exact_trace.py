@@ -213,3 +213,11 @@ def test_hessian_vs_batch_size_uses_the_exact_trace_where_it_can():
              for i in (perm[:16], perm[16:32])]
     row = f[f.batch_size == 16].set_index("metric").value
     assert row["trace_mean"] == pytest.approx(sum(exact) / 2, rel=1e-10)
+
+
+def test_seed_blocks_do_not_change_the_trace():
+    model, batch = relu_mlp().double(), data()
+    one = exact_trace(model, batch, F.cross_entropy, seed_block=1)
+    all_ = exact_trace(model, batch, F.cross_entropy)
+    assert one.keys() == all_.keys()
+    assert all(one[k] == pytest.approx(all_[k], rel=1e-12) for k in one)

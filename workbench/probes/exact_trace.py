@@ -122,7 +122,8 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
     """Each trainable parameter's share of ``tr(H)`` (or ``tr(G)``): ``{name: float}``.
 
     Raises ValueError (saying why) when the model or the loss is not supported; see the module
-    docstring. The caller restores the model (``preserved_state``): this sets ``model.train(mode)``.
+    docstring. ``seed_block``: backward seeds per batched backward (fewer where the layers'
+    outputs are large). The caller restores the model (``preserved_state``): this sets ``model.train(mode)``.
     """
     reason = unsupported_reason(model, kind, mode)
     if reason is not None:
@@ -174,6 +175,8 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
                              "the outputs is not block-diagonal over examples)")
         lam, V = torch.linalg.eigh((L + L.transpose(1, 2)) / 2)     # L_n = V diag(lam) V^T
         zs = [outputs[m] for m in layers]
+        # a block of S seeds holds S copies of every layer's output gradient: about 256 MB at most
+        seed_block = max(1, min(seed_block, (1 << 26) // max(1, sum(z.numel() for z in zs))))
         for i in range(0, c, seed_block):
             vs = V[:, :, i:i + seed_block].permute(2, 0, 1)          # (S, N, C) seeds v_nk
             ds = torch.autograd.grad(out, zs, vs, retain_graph=True, is_grads_batched=True)
