@@ -134,7 +134,9 @@ def test_queue_message_when_the_server_cap_is_reached(app, monkeypatch):
     slots = _jobs.TrainingSlots(1)
     monkeypatch.setattr(_jobs, "SLOTS", slots)
     monkeypatch.setattr(arena, "SLOTS", slots)
-    app.steps = 2000
+    app.steps, app.width, app.depth = 2000, 128, 4  # the first lane must still be training
+    for lane in app.lanes:
+        lane.batch_size = 256
     assert app.start()
     _wait(lambda: app.refresh() or any("queued:" in s.object for s in app.lane_status))
     assert slots.in_use == 1
@@ -145,7 +147,9 @@ def test_queue_message_when_the_server_cap_is_reached(app, monkeypatch):
 
 
 def test_closing_the_tab_stops_the_session(app):
-    app.steps = 2000
+    app.steps, app.width, app.depth = 2000, 128, 4  # steps of a few ms (see the Stop test)
+    for lane in app.lanes:
+        lane.batch_size = 256
     assert app.start()
     _wait(lambda: app.refresh() or app.progress[0].value >= 1)
     app.on_session_destroyed(None)

@@ -141,7 +141,8 @@ def test_server_entry_points_freeze_the_startup_heap():
         assert frozen > 100_000, frozen  # torch, pandas, panel, plotly... are in
         assert "workbench.dashboard.arena" in sys.modules and "workbench.dashboard.runs" in sys.modules
         server.freeze_startup_heap()
-        assert gc.get_freeze_count() == frozen, "a second call must not freeze session objects"
+        # (frozen objects can still be freed, e.g. by the forkserver warm-up thread: <=, not ==)
+        assert gc.get_freeze_count() <= frozen, "a second call must not freeze session objects"
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
