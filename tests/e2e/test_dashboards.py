@@ -67,7 +67,8 @@ def _train_then_stop(page, screenshot, done_text: str) -> None:
 
 def test_arena_trains_lanes_live_and_stops(page, live_server, screenshot):
     _open(page, f"{live_server}/arena")
-    for label, value in (("Width", 256), ("Depth", 4)):  # so that Stop lands mid-run
+    # so that Stop lands mid-run (a training process runs 2000 steps of w256 d4 in about 2 s)
+    for label, value in (("Width", 256), ("Depth", 8)):
         _set(page, label, value)
     _train_then_stop(page, screenshot, "done: every lane has ended")
     assert page.get_by_text("cancelled at step").count() == 2  # in the two lanes' cards
@@ -173,7 +174,7 @@ def test_two_sessions_never_see_each_others_runs(browser, live_server, page):
     try:
         _open(page, f"{live_server}/arena")
         _open(watcher, f"{live_server}/arena")
-        for label, value in (("Steps", 2000), ("Width", 256), ("Depth", 4)):
+        for label, value in (("Steps", 2000), ("Width", 256), ("Depth", 8)):
             _set(page, label, value)
         _train_button(page).click()
         _wait_points(page, 10)
