@@ -42,6 +42,7 @@ def test_train_streams_points_then_stop_cancels(page, live_server, screenshot):
     assert _points(page) == 0
     screenshot("before")
     _set(page, "Steps", 2000)
+    _set(page, "Batch size", 1024)  # steps of a few ms: Stop must land mid-run
     page.get_by_role("button", name="Train").click()
     page.get_by_text("training…").wait_for()
     _wait_points(page, 20)

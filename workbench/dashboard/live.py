@@ -1,23 +1,23 @@
 """Live training: pick a model, norm, data set and batch size, train it, watch the loss stream in.
 
 State lives in :class:`LiveTraining` and is testable without a browser: ``start()`` builds a
-``TrainConfig`` (its ValueError becomes a message on the page) and trains in a worker thread;
-the trainer's per-step callback only appends to a locked buffer; ``refresh()``, run every
-200 ms on the session's event loop, moves buffered points into the plot, progress bar and status.
-The event loop never trains, and the worker never touches a widget.
+``TrainConfig`` (its ValueError becomes a message on the page) and hands it to a
+:class:`~._jobs.Job` (a worker thread that trains in a process of its own, as in the other
+dashboards), which only appends to a locked buffer; ``refresh()``, run every 200 ms on the
+session's event loop, moves buffered points into the plot, progress bar and status. The event
+loop never trains, and the worker never touches a widget.
 """
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import panel as pn
 import param
 
 from ..models import MODELS
-from ..store import Run, RunStore
-from ..train import OPTIMIZERS, CancelToken, TrainConfig, train
+from ..store import RunStore
+from ..train import OPTIMIZERS, TrainConfig
 from ..viz.curves import diverged_marker, live_loss_figure
 from ..viz.lanes import thin
 
@@ -26,8 +26,8 @@ from ._jobs import (  # noqa: E402
     DEFAULT_DATA,
     DEFAULT_NORM,
     MAX_STEPS,
-    SAVED_STATUSES,
     SLOTS,
+    Job,
     data_config,
     datasets_for,
     norms_for,
@@ -53,12 +53,7 @@ class LiveTraining(SessionApp):
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
         super().__init__(**params)
         self.store = RunStore(store_root) if store_root is not None else None
-        self._lock = threading.Lock()
-        self._pending: list[tuple[int, float]] = []  # (step, loss) from the worker
-        self._result = None  # the Run, set by the worker when train() returns
-        self._saved: str | None = None
-        self._thread: threading.Thread | None = None
-        self._cancel: CancelToken | None = None
+        self._job: Job | None = None
         self._xs: list[int] = []
         self._ys: list[float] = []
         self._config: TrainConfig | None = None
@@ -97,7 +92,7 @@ class LiveTraining(SessionApp):
     @property
     def running(self) -> bool:
         """A run was started and ``refresh()`` has not yet seen it end."""
-        return self._thread is not None
+        return self._job is not None
 
     def build_config(self) -> TrainConfig:
         """The run the controls describe; raises ValueError with a readable message."""
@@ -124,9 +119,6 @@ class LiveTraining(SessionApp):
             return False
         self.clear_error()
         self._config = cfg
-        self._cancel = CancelToken()
-        with self._lock:
-            self._pending, self._result, self._saved = [], None, None
         self._xs, self._ys = [], []
         self.figure = live_loss_figure(log_y=self.log_y,
                                        title=f"loss: {self.model}/{self.norm}, {self.dataset}, "
@@ -135,11 +127,11 @@ class LiveTraining(SessionApp):
         self.progress.max, self.progress.value = cfg.steps, 0
         self.status.object = f"training… run `{cfg.run_id}`"
         self.train_button.disabled, self.stop_button.disabled = True, False
-        self._thread = threading.Thread(target=self._work, args=(cfg, self._cancel),
-                                        name=f"train-{cfg.run_id}", daemon=True)
         try:
-            self._thread.start()
+            self._job = Job(cfg, store=self.store, slots=_Held(SLOTS))
+            self._job.start()
         except BaseException:
+            self._job = None
             SLOTS.release()
             raise
         self.start_periodic()
@@ -147,61 +139,42 @@ class LiveTraining(SessionApp):
 
     def stop(self) -> None:
         """Ask the worker to stop; it ends before its next step (well within a second)."""
-        if self._cancel is not None and self._thread is not None:
-            self._cancel.cancel()
+        if self._job is not None:
+            self._job.cancel()
             self.status.object = "stopping…"
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker (tests and scripts; never call this on the event loop)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    # -- worker thread: no widgets here --------------------------------------------------------
-    def _on_step(self, step: int, metrics: dict) -> None:
-        with self._lock:
-            self._pending.append((step, metrics["loss"]))
-
-    def _work(self, cfg: TrainConfig, cancel: CancelToken) -> None:
-        run, saved = None, None
-        try:
-            run = train(cfg, cancel=cancel, callback=self._on_step)
-            if self.store is not None and run.status in SAVED_STATUSES:
-                try:
-                    self.store.save(run)
-                    saved = f"saved as `{run.run_id}`"
-                except OSError as exc:
-                    saved = f"not saved: {exc}"
-        except Exception as exc:  # noqa: BLE001  (a worker must always report back)
-            run = Run(run_id=cfg.run_id, config=cfg.to_dict(), status="failed",
-                      error=f"{type(exc).__name__}: {exc}")
-        finally:
-            SLOTS.release()
-            with self._lock:  # last: once the result is visible, the worker is done
-                self._result, self._saved = run, saved
+        if self._job is not None:
+            self._job.join(timeout)
 
     # -- event loop ----------------------------------------------------------------------------
     def refresh(self) -> None:
         """Move buffered points into the plot, progress bar and status (on the session's loop)."""
-        with self._lock:
-            points, self._pending = self._pending, []
-            result, saved = self._result, self._saved
+        job = self._job
+        if job is None:
+            return
+        done = job.done  # read first: a finished job's buffer is complete
+        points, _ = job.drain()
         if points:
-            for step, loss in points:
+            for step, metrics in points:
+                loss = metrics["loss"]
                 if math.isfinite(loss):  # NaN/inf are not JSON; divergence gets a marker instead
                     self._xs.append(step)
                     self._ys.append(loss)
             trace = self.figure.data[0]
             trace.x, trace.y = thin(self._xs, self._ys)
-            self.progress.value = min(points[-1][0] + 1, self.progress.max)
-            if result is None and not (self._cancel and self._cancel.cancelled):
-                self.status.object = (f"training… step {points[-1][0] + 1}/{self.progress.max}, "
-                                      f"loss {points[-1][1]:.4g}")
+            step, metrics = points[-1]
+            self.progress.value = min(step + 1, self.progress.max)
+            if not done and not job.cancel_token.cancelled:
+                self.status.object = (f"training… step {step + 1}/{self.progress.max}, "
+                                      f"loss {metrics['loss']:.4g}")
             self.plot.param.trigger("object")  # sends the whole figure: only when it changed
-        if result is not None and self._thread is not None:
-            self._finish(result, saved)
+        if done:
+            self._finish(job.result, job.saved)
 
     def _finish(self, run, saved: str | None) -> None:
-        self._thread = None
+        self._job = None
         self.stop_periodic()
         self.train_button.disabled, self.stop_button.disabled = False, True
         note = f" ({saved})" if saved else ""
@@ -252,7 +225,7 @@ def live_app(store_root: str | Path | None = "data/runs", autostart: bool | None
 def wait_for(live: LiveTraining, timeout: float = 60.0) -> None:
     """Join the worker, then ``refresh()``: the synchronous path for tests and notebooks."""
     live.join(timeout)
-    if live._thread is not None and live._thread.is_alive():
+    if live._job is not None and live._job.thread.is_alive():
         raise TimeoutError(f"training still running after {timeout} s")
     live.refresh()
 
@@ -265,3 +238,17 @@ def serve_live(port: int, *, store_root: str | Path | None = None, address: str 
     from .server import serve_apps
 
     return serve_apps(port, store_root=store_root, address=address)
+
+
+class _Held:
+    """The training slot a live run took with ``try_acquire`` (it never queues), as a Job's
+    ``slots``: acquiring is a no-op, releasing gives the slot back."""
+
+    def __init__(self, slots):
+        self.slots, self.capacity = slots, slots.capacity
+
+    def acquire(self, cancel) -> bool:
+        return True
+
+    def release(self) -> None:
+        self.slots.release()
