@@ -1,6 +1,6 @@
 """Curvature: Hessian spectra against batch size for a model trained to a chosen step.
 
-Trains one model live (:class:`~._lab.ProbeLab`), then, in the worker, measures
+Trains one model live (:class:`~._lab.ProbeLab`), then, in its training process, measures
 ``probes.hessian_vs_batch_size`` on its training set: overlaid densities per batch size,
 ``lambda_max`` against B with the fitted ``a + c/B`` law, the implied largest stable learning rate
 ``2/lambda_max``, and the trace.

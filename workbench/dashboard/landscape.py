@@ -1,7 +1,7 @@
 """Landscape: 1-D, 2-D (contour) and 3-D surface slices of the loss around trained weights.
 
-Trains one model live, then evaluates ``probes.landscape`` on a grid around its weights in the
-worker. BatchNorm mode (train: batch statistics; eval: running statistics) is selectable.
+Trains one model live, then evaluates ``probes.landscape`` on a grid around its weights in its
+training process. BatchNorm mode (train: batch statistics; eval: running statistics) is selectable.
 """
 from __future__ import annotations
 

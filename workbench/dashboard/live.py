@@ -104,7 +104,7 @@ class LiveTraining(SessionApp):
                            lr=self.lr, seed=self.seed)
 
     def start(self) -> bool:
-        """Validate the controls and start training in a worker thread; False if it did not start."""
+        """Validate the controls and start a training Job; False if it did not start."""
         if self.running:
             return False
         try:

@@ -55,8 +55,9 @@ def freeze_startup_heap() -> None:
 
     Panel runs a full ``gc.collect()`` a few seconds after each closed session. With torch,
     pandas, plotly, bokeh and panel loaded that walks ~300k objects and holds the GIL for about
-    0.3 s on this machine: every training thread on the server stalls that long whenever any
-    tab closes (bench_dashboard saw it as 20-30% lost throughput). Frozen (``gc.freeze``), the
+    0.3 s on this machine: every training thread on the server (``NORMLAB_JOB_ISOLATION=thread``)
+    and the event loop stall that long whenever any tab closes (bench_dashboard saw it as
+    20-30% lost throughput when training ran in threads). Frozen (``gc.freeze``), the
     imported libraries are skipped and a collection only walks what was allocated since.
     Called by the server entry points (``serve_apps`` and the ``apps/*.py`` scripts that
     ``make serve`` runs), after their imports; never on import of the library itself, since
