@@ -159,8 +159,16 @@ def test_custom_forward_and_repeated_layer_are_refused():
         hessian_trace(Custom().double(), data(), F.cross_entropy, method="exact")
     lin = nn.Linear(6, 6)
     shared = nn.Sequential(lin, nn.ReLU(), lin, nn.Linear(6, 4)).double()
-    with pytest.raises(ValueError, match="called more than once"):
+    with pytest.raises(ValueError, match="called more than once|shared by"):
         hessian_trace(shared, data(), F.cross_entropy, method="exact")
+    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    b.weight = a.weight  # tied weights in two modules
+    tied = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), nn.Linear(6, 4)).double()
+    with pytest.raises(ValueError, match="tied weights"):
+        hessian_trace(tied, data(), F.cross_entropy, method="exact")
+    f = hessian_trace(tied, data(), F.cross_entropy, num_matvecs=10_000)  # auto: the basis, exact
+    assert f[f.metric == "trace"].value.item() == pytest.approx(
+        float(torch.trace(dense_matrix(tied, data(), F.cross_entropy))), rel=1e-8)
 
 
 def test_dropout_is_fine_in_eval_mode():

@@ -72,6 +72,12 @@ def unsupported_reason(model: nn.Module, kind: str, mode: str) -> str | None:
             return f"module {label!r}: only Conv layers with groups=1, zero padding given as numbers"
         if t not in LAYERS and any(p.requires_grad for p in m.parameters(recurse=False)):
             return f"module {label!r} ({t.__name__}) has trainable parameters"
+    owners: dict[int, str] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if type(m) in LAYERS:
+            for p in m.parameters(recurse=False):
+                if owners.setdefault(id(p), name) != name:  # tied: per-example norms do not add
+                    return f"a parameter is shared by {owners[id(p)]!r} and {name!r} (tied weights)"
     return None
 
 
