@@ -76,7 +76,7 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
     """Replace the registered training-time probes that share their passes (layer norms, channel
     health, smoothness) by one :func:`~workbench.probes.together.run_together` entry when two or
     more of them are asked for: the same rows, under the same probe names, for less work."""
-    shared = [n for n, fn in fns.items() if n in FUSABLE and _same_probe(fn, registry.get(n))]
+    shared = [n for n, fn in fns.items() if n in FUSABLE and fn is registry.get(n)]
     if len(shared) < 2 or sum(n.startswith("smoothness") for n in shared) > 1:
         return fns
     out: dict[str, Probe] = {}
@@ -86,17 +86,6 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
         elif name == shared[0]:
             out["+".join(shared)] = Together(shared)
     return out
-
-
-def _same_probe(fn, registered) -> bool:
-    """``fn`` is the registered probe: the same object, or an equal ``functools.partial`` (a
-    registered partial such as ``smoothness_small`` that went through pickle, e.g. to a
-    dashboard's training process, comes back as a new object)."""
-    if fn is registered:
-        return True
-    return (isinstance(fn, functools.partial) and isinstance(registered, functools.partial)
-            and fn.func is registered.func and fn.args == registered.args
-            and fn.keywords == registered.keywords)
 
 
 def takes_lr(fn) -> bool:
