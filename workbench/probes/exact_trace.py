@@ -43,6 +43,11 @@ PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten, nn.MaxPool1d
 SMOOTH = (nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus, nn.ELU, nn.Hardtanh)
 
 
+class ExactTraceUnavailable(ValueError):
+    """The model or the loss is outside what :func:`exact_trace` handles (the message says why);
+    callers with an estimator to fall back on catch this, not every ValueError."""
+
+
 def _known_containers() -> tuple[type, ...]:
     from ..models.convnet import BasicBlock, ConvNet
     from ..models.mlp import MLP
@@ -127,13 +132,13 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
                 seed_block: int = 16) -> dict[str, float]:
     """Each trainable parameter's share of ``tr(H)`` (or ``tr(G)``): ``{name: float}``.
 
-    Raises ValueError (saying why) when the model or the loss is not supported; see the module
-    docstring. ``seed_block``: backward seeds per batched backward (fewer where the layers'
+    Raises :class:`ExactTraceUnavailable` (a ValueError saying why) when the model or the loss is
+    not supported; see the module docstring. ``seed_block``: backward seeds per batched backward (fewer where the layers'
     outputs are large). The caller restores the model (``preserved_state``): this sets ``model.train(mode)``.
     """
     reason = unsupported_reason(model, kind, mode)
     if reason is not None:
-        raise ValueError(f"exact trace not available: {reason}")
+        raise ExactTraceUnavailable(f"exact trace not available: {reason}")
     select_params(model)  # a ValueError when nothing is trainable
     x, y = check_batch(batch)
     model.train(mode == "train")
@@ -157,9 +162,9 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
         raise ValueError("loss_fn must return a scalar (mean) loss")
     twice = [type(m).__name__ for m, c in calls.items() if c > 1]
     if twice:
-        raise ValueError(f"exact trace not available: a {twice[0]} is called more than once per forward")
+        raise ExactTraceUnavailable(f"exact trace not available: a {twice[0]} is called more than once per forward")
     if out.dim() != 2:
-        raise ValueError(f"exact trace not available: outputs must be (examples, outputs), got {tuple(out.shape)}")
+        raise ExactTraceUnavailable(f"exact trace not available: outputs must be (examples, outputs), got {tuple(out.shape)}")
     names = {p: n for n, p in model.named_parameters()}
     shares = {n: 0.0 for n, p in model.named_parameters() if p.requires_grad}
     layers = [m for m in layers if m in outputs]
@@ -177,7 +182,7 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
         lu = torch.autograd.grad(go, out, u, retain_graph=True)[0]
         if not torch.allclose(lu, (L @ u[:, :, None])[..., 0], rtol=1e-4,
                               atol=1e-6 * float(lu.abs().max()) + 1e-12):
-            raise ValueError("exact trace not available: the loss couples examples (its Hessian in "
+            raise ExactTraceUnavailable("exact trace not available: the loss couples examples (its Hessian in "
                              "the outputs is not block-diagonal over examples)")
         lam, V = torch.linalg.eigh((L + L.transpose(1, 2)) / 2)     # L_n = V diag(lam) V^T
         zs = [outputs[m] for m in layers]

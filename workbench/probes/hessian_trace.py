@@ -23,7 +23,7 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
-from .exact_trace import exact_trace, unsupported_reason
+from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hvp import TIDY, as_subsets, curvature_operator, random_vectors, select_params
 
 METHODS = ("auto", "exact", "adaptive", "hutchpp", "hutchinson", "both")
@@ -125,8 +125,8 @@ def hessian_trace(model, batch, loss_fn, *, method: str = "auto", num_matvecs: i
             try:
                 with preserved_state(model):
                     shares = exact_trace(model, batch, loss_fn, kind=kind, mode=mode)
-            except ValueError as err:  # e.g. a loss that couples examples
-                if method == "exact" or "not available" not in str(err):
+            except ExactTraceUnavailable:  # e.g. a loss that couples examples
+                if method == "exact":
                     raise
         elif method == "exact":
             raise ValueError(f"method='exact' is not available: {reason}; use method='adaptive', "

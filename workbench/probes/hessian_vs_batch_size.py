@@ -16,7 +16,7 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import preserved_state
-from .exact_trace import exact_trace, unsupported_reason
+from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hessian_density import broadened_density
 from .hessian_trace import trace_estimate
 from .hvp import KINDS, MODES, TIDY, check_batch, curvature_operator, random_vectors, select_params
@@ -126,7 +126,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
                     try:
                         shares = exact_trace(model, (x[idx], y[idx]), loss_fn, kind=kind, mode=mode)
                         exact = sum(shares[n] for n in exact_names)
-                    except ValueError:  # e.g. a loss that couples examples: estimate it
+                    except ExactTraceUnavailable:  # e.g. a loss that couples examples: estimate it
                         exact_names = None
                 with curvature_operator(model, (x[idx], y[idx]), loss_fn, mode=mode, kind=kind,
                                         params=params) as op:
