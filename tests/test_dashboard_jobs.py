@@ -137,3 +137,14 @@ def test_no_forkserver_means_the_thread(monkeypatch):
     monkeypatch.setenv("NORMLAB_JOB_ISOLATION", "thread")
     monkeypatch.setattr(_jobs, "worker_available", lambda: True)
     assert Job(cfg(steps=3)).isolation == "thread"
+
+
+def test_a_reserved_job_takes_its_slot_at_once_and_gives_it_back():
+    from workbench.dashboard._jobs import TrainingSlots
+
+    slots = TrainingSlots(1)
+    job = Job(cfg(steps=5), slots=slots)
+    assert job.reserve() and slots.in_use == 1
+    assert not Job(cfg(steps=5), slots=slots).reserve()  # busy: no queueing
+    run_job(job)
+    assert job.result.status == "finished" and slots.in_use == 0

@@ -186,11 +186,23 @@ class Job:
         self.error: str | None = None
         self._probes = dict(probes or {})
         self._probe_every = probe_every
+        self._reserved = False  # a slot taken by reserve(): the worker does not queue for one
         self.thread = threading.Thread(target=self._work, name=f"train-{cfg.run_id}", daemon=True)
+
+    def reserve(self) -> bool:
+        """Take a training slot now if one is free, never waiting (the live app offers no queue);
+        the job then starts training at once. False when every slot is busy."""
+        self._reserved = self.slots.try_acquire()
+        return self._reserved
 
     def start(self) -> None:
         self.state = "queued"
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            if self._reserved:  # no worker will release it
+                self.slots.release()
+            raise
 
     def cancel(self) -> None:
         self.cancel_token.cancel()
@@ -223,7 +235,7 @@ class Job:
     def _work(self) -> None:
         run = None
         try:
-            if not self.slots.acquire(self.cancel_token):
+            if not self._reserved and not self.slots.acquire(self.cancel_token):
                 run = Run(run_id=self.cfg.run_id, config=self.cfg.to_dict(), status="cancelled")
                 return
             try:

@@ -26,7 +26,6 @@ from ._jobs import (  # noqa: E402
     DEFAULT_DATA,
     DEFAULT_NORM,
     MAX_STEPS,
-    SLOTS,
     Job,
     data_config,
     datasets_for,
@@ -113,8 +112,9 @@ class LiveTraining(SessionApp):
             self.show_error(str(exc))
             self.status.object = "not started: fix the value above"
             return False
-        if not SLOTS.try_acquire():
-            self.show_error(f"all {SLOTS.capacity} training slots on this server are busy; "
+        job = Job(cfg, store=self.store)
+        if not job.reserve():
+            self.show_error(f"all {job.slots.capacity} training slots on this server are busy; "
                              "press Train again when one frees up")
             return False
         self.clear_error()
@@ -127,13 +127,8 @@ class LiveTraining(SessionApp):
         self.progress.max, self.progress.value = cfg.steps, 0
         self.status.object = f"training… run `{cfg.run_id}`"
         self.train_button.disabled, self.stop_button.disabled = True, False
-        try:
-            self._job = Job(cfg, store=self.store, slots=_Held(SLOTS))
-            self._job.start()
-        except BaseException:
-            self._job = None
-            SLOTS.release()
-            raise
+        job.start()  # on failure it gives the slot back itself
+        self._job = job
         self.start_periodic()
         return True
 
@@ -239,16 +234,3 @@ def serve_live(port: int, *, store_root: str | Path | None = None, address: str 
 
     return serve_apps(port, store_root=store_root, address=address)
 
-
-class _Held:
-    """The training slot a live run took with ``try_acquire`` (it never queues), as a Job's
-    ``slots``: acquiring is a no-op, releasing gives the slot back."""
-
-    def __init__(self, slots):
-        self.slots, self.capacity = slots, slots.capacity
-
-    def acquire(self, cancel) -> bool:
-        return True
-
-    def release(self) -> None:
-        self.slots.release()
