@@ -161,3 +161,18 @@ def test_metric_curves_draws_one_line_per_run_and_marks_divergence():
     assert fig.layout.yaxis.type == "log"
     with pytest.raises(ValueError, match="no column 'norm'"):
         metric_curves(frame, color="norm")
+
+
+def test_all_slots_busy_is_a_message_not_a_queue(live, monkeypatch):
+    from workbench.dashboard import _jobs
+
+    busy = _jobs.TrainingSlots(1)
+    assert busy.try_acquire()
+    monkeypatch.setattr(_jobs, "SLOTS", busy)
+    assert live.start() is False and not live.running
+    assert "training slots on this server are busy" in live.alert.object
+    busy.release()
+    live.steps = 5
+    assert live.start()
+    wait_for(live)
+    assert live.status.object.startswith("finished") and busy.in_use == 0
