@@ -95,6 +95,12 @@ class TrainingSlots:
                 f"({self.waiting} waiting); starts when one frees up")
 
 
+def default_isolation() -> str:
+    """Where jobs train unless told: ``NORMLAB_JOB_ISOLATION`` (``process`` or ``thread``),
+    ``process`` by default."""
+    return os.environ.get("NORMLAB_JOB_ISOLATION", "process")
+
+
 def _capacity() -> int:
     try:
         return max(1, int(os.environ.get("NORMLAB_MAX_TRAININGS", "4")))
@@ -169,7 +175,7 @@ class Job:
                  store: RunStore | None = None, after: Callable | None = None,
                  slots: TrainingSlots | None = None, isolation: str | None = None):
         self.cfg, self.store, self.after = cfg, store, after
-        isolation = isolation or os.environ.get("NORMLAB_JOB_ISOLATION", "process")
+        isolation = isolation or default_isolation()
         check_choice("isolation", isolation, ISOLATIONS)
         if isolation == "process" and not (worker_available() and _picklable((cfg, probes, after))):
             isolation = "thread"  # e.g. a lambda probe (it cannot reach another process), Windows

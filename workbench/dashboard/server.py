@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from pathlib import Path
 
@@ -73,7 +72,9 @@ def freeze_startup_heap() -> None:
         gc.collect()  # do not freeze garbage
         gc.freeze()
         _frozen = True
-        if os.environ.get("NORMLAB_JOB_ISOLATION", "process") == "process":
+        from ._jobs import default_isolation
+
+        if default_isolation() == "process":
             from ..train.worker import warm_up
 
             threading.Thread(target=warm_up, name="normlab-forkserver", daemon=True).start()
