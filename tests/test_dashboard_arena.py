@@ -62,11 +62,16 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
     assert len(store.run_ids()) == 2
 
 
-def test_stop_cancels_every_lane_within_a_second(app):
-    # steps of a few ms: a training process runs a toy model's 2000 steps in about a second
+def _long_run(app):
+    """2000 steps of a few ms each, for tests that must act mid-run: a training process runs a
+    toy model's 2000 steps in about a second."""
     app.steps, app.width, app.depth = 2000, 128, 4
     for lane in app.lanes:
         lane.batch_size = 256
+
+
+def test_stop_cancels_every_lane_within_a_second(app):
+    _long_run(app)
     assert app.start()
     _wait(lambda: app.refresh() or app.progress[0].value >= 3)
     t0 = time.monotonic()
@@ -134,9 +139,7 @@ def test_queue_message_when_the_server_cap_is_reached(app, monkeypatch):
     slots = _jobs.TrainingSlots(1)
     monkeypatch.setattr(_jobs, "SLOTS", slots)
     monkeypatch.setattr(arena, "SLOTS", slots)
-    app.steps, app.width, app.depth = 2000, 128, 4  # the first lane must still be training
-    for lane in app.lanes:
-        lane.batch_size = 256
+    _long_run(app)  # the first lane must still be training
     assert app.start()
     _wait(lambda: app.refresh() or any("queued:" in s.object for s in app.lane_status))
     assert slots.in_use == 1
@@ -147,9 +150,7 @@ def test_queue_message_when_the_server_cap_is_reached(app, monkeypatch):
 
 
 def test_closing_the_tab_stops_the_session(app):
-    app.steps, app.width, app.depth = 2000, 128, 4  # steps of a few ms (see the Stop test)
-    for lane in app.lanes:
-        lane.batch_size = 256
+    _long_run(app)
     assert app.start()
     _wait(lambda: app.refresh() or app.progress[0].value >= 1)
     app.on_session_destroyed(None)
