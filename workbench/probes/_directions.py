@@ -78,6 +78,14 @@ def restore_buffers(snapshot) -> None:
         torch._foreach_copy_([b for b, _ in snapshot], [v for _, v in snapshot])
 
 
+@torch.no_grad()
+def refresh_buffers(snapshot) -> None:
+    """Take ``snapshot`` again, into its own copies: one op instead of a clone per buffer (for a
+    caller that snapshots the same model's buffers over and over, the trainer's in-step probes)."""
+    if snapshot:
+        torch._foreach_copy_([v for _, v in snapshot], [b for b, _ in snapshot])
+
+
 def random_direction(params, generator: torch.Generator) -> list[torch.Tensor]:
     """Gaussian tensors shaped like ``params``, drawn on the CPU from ``generator`` (so the
     result does not depend on the device and the global RNG is not touched), then moved."""

@@ -42,27 +42,32 @@ SUMMARY = ("dead_fraction", "constant_fraction", "one_sided_fraction", "duplicat
 
 
 def _by_channel(t: torch.Tensor) -> torch.Tensor:
-    """(N, C) / (N, C, H, W) / (N, T, C) -> (C, M): every value of each channel in one row."""
+    """(N, C) / (N, C, H, W) / (N, T, C) -> (M, C): every value of each channel in one column
+    (channels last, so the usual (N, C) and (N, T, C) inputs are views, not copies)."""
     if t.dim() == 3:
-        return t.reshape(-1, t.shape[-1]).T
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
+        return t.reshape(-1, t.shape[-1])
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
 
 
 def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicate_threshold):
-    """Per-channel statistics of L layers at once: ``pre``/``out`` are (L, C, M) (channels by
-    values). Returns a dict of (L, C) tensors and the (L,) number of duplicate pairs."""
+    """Per-channel statistics of L layers at once: ``pre``/``out`` are (L, M, C) (values by
+    channels). Returns a dict of (L, C) tensors and the (L,) number of duplicate pairs.
+
+    Few, whole-group tensor ops: on a small model every op costs more in dispatch than in
+    arithmetic, and this runs inside training steps (the ``standard`` preset)."""
     a = pre.double()
-    mean = a.mean(dim=2)
-    c = a - mean[..., None]
-    var = (c * c).mean(dim=2)  # biased; three small ops beat var_mean's one on CPU
+    mean = a.mean(dim=1)
+    c = a - mean[:, None]
+    var = (c * c).mean(dim=1)  # biased; three small ops beat var_mean's one on CPU
     std = var.sqrt()
-    dead = ~out.any(dim=2)
+    dead = ~out.any(dim=1)
     constant = var < constant_threshold
     dist = torch.where(std > 0, mean.abs() / std, math.inf)  # a constant channel: inf
-    inv = 1 / std.clamp_min(1e-300)
-    corr = (c @ c.transpose(1, 2)) * (inv[:, :, None] * inv[:, None, :]) / a.shape[2]  # (L, C, C)
-    ok = ~constant
-    pairs = (corr > duplicate_threshold).triu_(diagonal=1) & (ok[:, :, None] & ok[:, None, :])
+    # correlations of the non-constant channels; a near-constant channel's column is zeroed, so
+    # it is nobody's duplicate (the threshold is > 0)
+    scale = torch.where(constant, 0.0, (std * math.sqrt(a.shape[1])).reciprocal())
+    z = c * scale[:, None]
+    pairs = (z.transpose(1, 2) @ z > duplicate_threshold).triu_(diagonal=1)  # (L, C, C)
     duplicate = pairs.any(dim=1) | pairs.any(dim=2)
     return {"pre_mean": mean, "pre_std": std, "elimination_distance": dist, "dead": dead,
             "near_constant": constant, "one_sided": dist > elimination_threshold,
@@ -148,53 +153,74 @@ def capture_inputs(acts):
             h.remove()
 
 
-def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False):
+def norm_gains(model) -> list[tuple[str, nn.Module]]:
+    """``[(name, module)]`` of the model's norm layers with per-channel gains (``weight``)."""
+    return [(name, m) for name, m in model.named_modules()
+            if is_norm_module(m) and isinstance(getattr(m, "weight", None), torch.Tensor)]
+
+
+def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False, gains=None):
     """The summary rows ``(layer, metric, value)`` (and per-channel rows ``(layer, metric, value,
-    channel)``) from the captured pre-activations ``seen`` and the model's norm gains."""
+    channel)``) from the captured pre-activations ``seen`` and the model's norm gains
+    (``gains``: :func:`norm_gains` of the model, found again when None)."""
     constant_threshold, elimination_threshold, duplicate_threshold, gain_threshold = thresholds
     # Layers whose pre-activations have the same shape are reduced together, and every summary
     # value of every layer goes into one tensor: one device sync for the frame.
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[tuple, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
     for name, _ in acts:
         if name in seen:
-            pre = _by_channel(seen[name][0])
-            groups.setdefault((tuple(pre.shape), pre.dtype, pre.device), []).append(name)
-    per_layer: dict[str, tuple[dict, torch.Tensor]] = {}
+            pre, out = (_by_channel(t) for t in seen[name])
+            groups.setdefault((tuple(pre.shape), pre.dtype, pre.device), []).append((name, pre, out))
+    per_layer: dict[str, tuple[dict, int, int]] = {}
+    values = []  # one (L, 5 + C) block per group, then the zero-gain counts
     for members in groups.values():
-        pre = torch.stack([_by_channel(seen[n][0]) for n in members])
-        out = torch.stack([_by_channel(seen[n][1]) for n in members])
+        pre = torch.stack([p for _, p, _ in members])
+        out = torch.stack([o for _, _, o in members])
         stats, n_pairs = _channel_stats(pre, out, constant_threshold, elimination_threshold,
                                         duplicate_threshold)
-        flags = torch.stack([stats[k] for k in ("dead", "near_constant", "one_sided", "duplicate")],
-                            1).double().mean(dim=2)
-        dist = stats["elimination_distance"]
-        summary = torch.cat([flags, n_pairs.double()[:, None], dist.median(dim=1).values[:, None],
-                             torch.full_like(flags[:, :1], dist.shape[1])], 1)  # (L, 7)
-        for i, n in enumerate(members):
-            per_layer[n] = (stats, i, summary[i])
-    names, metrics, values, channel_rows = [], [], [], []
+        # per layer: the counts of the four flags and of duplicate pairs, then every channel's
+        # distance to elimination (the median is taken in Python: no sort kernel)
+        counts = torch.stack([stats[k] for k in ("dead", "near_constant", "one_sided", "duplicate")],
+                             1).sum(dim=2)
+        values.append(torch.cat([torch.cat([counts, n_pairs[:, None]], 1).double(),
+                                 stats["elimination_distance"]], 1).reshape(-1))
+        for i, (n, _, _) in enumerate(members):
+            per_layer[n] = (stats, i, len(values) - 1)
+    group_values = len(values)
+    if gains is None:
+        gains = norm_gains(model)
+    gains = [(name, m.weight.detach()) for name, m in gains]
+    by_size: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    for name, g in gains:  # zero-gain fractions: one comparison per group of same-sized gains
+        by_size.setdefault((g.numel(), g.dtype, g.device), []).append((name, g))
+    for group in by_size.values():
+        small = torch.stack([g.reshape(-1) for _, g in group]).abs() < gain_threshold
+        values.append(small.sum(dim=1).double())
+    flat = torch.cat(values).tolist() if values else []  # one device sync
+    starts = [0]
+    for v in values:
+        starts.append(starts[-1] + v.numel())
+    rows, channel_rows = [], []
     for name, _ in acts:
         if name not in per_layer:
             continue
-        stats, i, summary = per_layer[name]
-        names += [name] * len(SUMMARY)
-        metrics += list(SUMMARY)
-        values.append(summary)
+        stats, i, g = per_layer[name]
+        n_ch = stats["pre_mean"].shape[1]
+        at = starts[g] + (5 + n_ch) * i
+        dead, constant, one_sided, duplicate, pairs = flat[at:at + 5]
+        dist = sorted(flat[at + 5:at + 5 + n_ch])
+        rows += zip([name] * len(SUMMARY), SUMMARY,
+                    [dead / n_ch, constant / n_ch, one_sided / n_ch, duplicate / n_ch, pairs,
+                     dist[(n_ch - 1) // 2], float(n_ch)])  # the lower median, as torch's
         if per_channel:
             channel_rows += [(name, k, float(v), c) for k, t in stats.items()
                              for c, v in enumerate(t[i].tolist())]
-    gains = [(name, norm.weight.detach()) for name, norm in model.named_modules()
-             if is_norm_module(norm) and isinstance(getattr(norm, "weight", None), torch.Tensor)]
-    if gains:  # zero-gain fractions: one comparison per group of same-sized gains
-        by_size: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-        for name, g in gains:
-            by_size.setdefault((g.numel(), g.dtype, g.device), []).append((name, g))
-        for group in by_size.values():
-            small = torch.stack([g.reshape(-1) for _, g in group]).abs() < gain_threshold
-            values.append(small.double().mean(dim=1))
-            names += [name for name, _ in group]
-            metrics += ["zero_gain_fraction"] * len(group)
-        if per_channel:
-            channel_rows += [(name, "gain", float(v), c) for name, g in gains
-                             for c, v in enumerate(g.tolist())]
-    return list(zip(names, metrics, torch.cat(values).tolist())), channel_rows
+    at = starts[group_values]
+    for group in by_size.values():
+        numel = group[0][1].numel()
+        rows += [(name, "zero_gain_fraction", v / numel) for (name, _), v in zip(group, flat[at:])]
+        at += len(group)
+    if per_channel:
+        channel_rows += [(name, "gain", float(v), c) for name, g in gains
+                         for c, v in enumerate(g.tolist())]
+    return rows, channel_rows

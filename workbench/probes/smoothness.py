@@ -27,9 +27,7 @@ from .._validate import check_choice, check_positive
 from ..utils import forward_uses_rng, preserved_state
 from ._directions import (
     MODES,
-    assign,
     flat_view,
-    flatten,
     restore_buffers,
     snapshot_buffers,
     trainable,
@@ -114,65 +112,93 @@ def smoothness_targets(model) -> tuple[list[torch.Tensor], list[tuple[str, torch
     return params, [(n, w) for n, w in weight_layers(model) if id(w) in ids]
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b`` as a tensor divides: inf for a nonzero ``a`` over 0, NaN for 0/0 (a zero
+    gradient: no direction to move along)."""
+    if b != 0:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.inf
+
+
+def _max(values) -> float:
+    """``max`` that returns NaN when any value is NaN (as ``torch.max`` does; Python's ``max``
+    depends on where the NaN sits)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _min(values) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
+
+
 def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads, etas, lr):
     """The probe's rows from the loss ``loss0`` and gradients ``grads`` at the current weights.
 
     Moves the weights to ``w - eta g`` for every step size (restoring ``buffers`` before each
     forward) and puts them back (the buffers stay as the last forward left them). Returns the
     ``(layer, metric, value)`` rows and the per-step-size ``(layer, metric, value, eta)`` rows.
+
+    Every norm is taken per tensor (``torch._foreach_norm``, one op per list) and combined in
+    Python: the probe runs inside training steps (the ``standard`` preset), where on a small
+    model each tensor op costs more in dispatch than in arithmetic. With the trainer's flat
+    buffers the weights move with one op per step size.
     """
     x, y = batch
-    # where each weight layer sits in the flat parameter vector (a tied weight: one place)
-    offsets, at = {}, 0
-    for p in params:
-        offsets[id(p)] = (at, at + p.numel())
-        at += p.numel()
-    spans = [offsets[id(w)] for _, w in layers]
+    where = {id(p): i for i, p in enumerate(params)}
+    at = [where[id(w)] for _, w in layers]  # each weight layer's place (a tied weight: one)
+    g0 = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    with torch.no_grad():
+        w_flat, g_flat = flat_view(params), flat_view(g0)
+        flat = w_flat is not None and g_flat is not None
+        w0 = w_flat.clone() if flat else [p.detach().clone() for p in params]
+        norms = [*torch._foreach_norm(g0), *torch._foreach_norm(w0 if not flat else params)]
+    losses = [loss0.detach()]
+    try:
+        for eta in etas:
+            with torch.no_grad():
+                if flat:
+                    torch.add(w0, g_flat, alpha=-eta, out=w_flat)
+                else:
+                    torch._foreach_copy_(params, w0)
+                    torch._foreach_add_(params, g0, alpha=-eta)
+            restore_buffers(buffers)
+            loss = loss_fn(model(x), y)
+            g = torch.autograd.grad(loss, params, allow_unused=True)
+            losses.append(loss.detach())
+            with torch.no_grad():
+                g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
+                norms += torch._foreach_norm(torch._foreach_sub(g, g0))
+    finally:
+        with torch.no_grad():
+            if flat:
+                w_flat.copy_(w0)
+            else:
+                torch._foreach_copy_(params, w0)
+    vals = torch.stack(losses + norms).tolist()  # one device sync
+    e, n = len(etas), len(params)
+    loss_vals, per_tensor = vals[:e + 1], vals[e + 1:]
+    g_n, w_n = per_tensor[:n], per_tensor[n:2 * n]
+    d_n = [per_tensor[(2 + i) * n:(3 + i) * n] for i in range(e)]  # per step size
 
-    def flat_grad(g):  # an unused parameter (None) has a zero gradient
-        return flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)])
+    def whole(sq):
+        return math.sqrt(sum(v * v for v in sq))
 
-    def loss_and_grad():
-        restore_buffers(buffers)
-        loss = loss_fn(model(x), y)
-        return loss.detach(), flat_grad(torch.autograd.grad(loss, params, allow_unused=True))
-
-    g0_flat = flat_grad(grads)
-    loss0 = loss0.detach()
-    w0 = flatten(params)
-    losses, diffs = [loss0], []
-    for eta in etas:
-        assign(params, w0 - eta * g0_flat)
-        loss, g = loss_and_grad()
-        losses.append(loss)
-        diffs.append(g - g0_flat)
-    assign(params, w0)
-    # norms of g0, w0 and every gradient change, whole and per layer: (2 + E, P) -> (2 + E, L)
-    stacked = torch.stack([g0_flat, w0, *diffs])
-    total = torch.linalg.vector_norm(stacked, dim=1)
-    g_norm = total[0]
-    steps = torch.tensor(etas, device=g_norm.device, dtype=g_norm.dtype) * g_norm  # ||eta g||
-    losses = torch.stack(losses)
-    changes = total[2:]
-    beta = changes / steps
-    scalars = [loss0, g_norm, losses.max() - losses.min(), changes.max(), beta.max()]
-    if layers:
-        by_layer = torch.stack([torch.linalg.vector_norm(stacked[:, a:b], dim=1) for a, b in spans], 1)
-        lc = by_layer[2:]  # (E, layers)
-        scalars += [by_layer[0], by_layer[1], lc.max(0).values, (lc / steps[:, None]).max(0).values]
-    vals = torch.cat([s.reshape(-1) for s in scalars] + [losses[1:], changes, beta]).tolist()
-    names = ["loss", "grad_norm", "loss_variation", "grad_predictiveness", "beta_smoothness"]
-    rows = [("", m, v) for m, v in zip(names, vals)]
-    k, n_l = len(names), len(layers)
-    for i, (name, _) in enumerate(layers):
-        gn, wn, gp, bs = (vals[k + j * n_l + i] for j in range(4))
-        rows += [(name, "grad_norm", gn), (name, "weight_norm", wn),
+    g_norm = whole(g_n)
+    steps = [eta * g_norm for eta in etas]  # ||eta g||
+    changes = [whole(d) for d in d_n]
+    beta = [_ratio(c, s) for c, s in zip(changes, steps)]
+    rows = [("", "loss", loss_vals[0]), ("", "grad_norm", g_norm),
+            ("", "loss_variation", _max(loss_vals) - _min(loss_vals)),
+            ("", "grad_predictiveness", _max(changes)), ("", "beta_smoothness", _max(beta))]
+    for (name, _), i in zip(layers, at):
+        wn = w_n[i]
+        lc = [d[i] for d in d_n]
+        rows += [(name, "grad_norm", g_n[i]), (name, "weight_norm", wn),
                  (name, "lr_effective", lr / wn**2 if wn > 0 else math.inf),
-                 (name, "grad_predictiveness", gp), (name, "beta_smoothness", bs)]
-    e, tail = len(etas), vals[k + 4 * n_l:]
-    per = [("", metric, tail[j * e + i], eta) for j, metric in
-           enumerate(["loss_at_eta", "grad_change_at_eta", "beta_at_eta"])
-           for i, eta in enumerate(etas)]
+                 (name, "grad_predictiveness", _max(lc)),
+                 (name, "beta_smoothness", _max([_ratio(c, s) for c, s in zip(lc, steps)]))]
+    per = [("", metric, v, eta) for metric, series in
+           (("loss_at_eta", loss_vals[1:]), ("grad_change_at_eta", changes), ("beta_at_eta", beta))
+           for v, eta in zip(series, etas)]
     return rows, per
 
 

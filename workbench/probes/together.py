@@ -20,9 +20,15 @@ import torch
 
 from .._validate import check_choice
 from ..utils import forward_uses_rng, preserved_state
-from ._directions import MODES, restore_buffers, snapshot_buffers
+from ._directions import MODES, refresh_buffers, restore_buffers, snapshot_buffers
 from ._tidy import tidy_parts
-from .channel_health import activation_modules, capture_inputs, health_rows, health_thresholds
+from .channel_health import (
+    activation_modules,
+    capture_inputs,
+    health_rows,
+    health_thresholds,
+    norm_gains,
+)
 from .layer_norms import norm_rows, weight_layers
 from .smoothness import eta_grid, smoothness_rows, smoothness_targets
 
@@ -34,10 +40,19 @@ class _Capture:
     """What :meth:`Together.begin` sets up before a forward pass: the activation hooks and the
     buffers as they were before it (every smoothness evaluation starts from them)."""
 
-    def __init__(self, probe: Together, model, structure=None):
+    def __init__(self, probe: Together, model, structure=None, snapshots=None):
         self.probe, self.model = probe, model
-        self.acts, self.params, self.layers, self.weights = structure or _structure(probe, model)
-        self.buffers = snapshot_buffers(model) if probe.smooth else None
+        (self.acts, self.gains, self.params, self.layers,
+         self.weights) = structure or _structure(probe, model)
+        # the buffers before the forward, and (``entry``, taken by finish) after it: fresh
+        # snapshots, or a reused pair of them refreshed in place
+        self.buffers = self.entry = None
+        if probe.smooth:
+            if snapshots is None:
+                self.buffers = snapshot_buffers(model)
+            else:
+                self.buffers, self.entry = snapshots
+                refresh_buffers(self.buffers)
         self._hooks = capture_inputs(self.acts)
         self.seen = self._hooks.__enter__()
 
@@ -49,16 +64,17 @@ class _Capture:
 
 
 def _structure(probe: Together, model) -> tuple:
-    """What the probes read from the module tree: ``(activation modules, parameters smoothness
-    moves, its weight layers, layer_norms' weight layers)``."""
+    """What the probes read from the module tree: ``(activation modules, norm layers with gains,
+    parameters smoothness moves, its weight layers, layer_norms' weight layers)``."""
     acts = activation_modules(model) if probe.health else []
+    gains = norm_gains(model) if probe.health else []
     if probe.smooth:  # every parameter; its weight layers are layer_norms' layers too
         params, layers = smoothness_targets(model)
         weights = layers if probe.layer_norms else []
     else:
         weights, layers = weight_layers(model) if probe.layer_norms else [], []
         params = [w for _, w in weights]
-    return acts, params, layers, weights
+    return acts, gains, params, layers, weights
 
 
 class Together:
@@ -85,6 +101,10 @@ class Together:
         self.needs_grad = self.layer_norms or self.smooth is not None
         self.__name__ = "+".join(names)
 
+    def __getstate__(self) -> dict:
+        # the per-model cache (a weak reference and buffer copies) stays in this process
+        return {k: v for k, v in self.__dict__.items() if k != "_cached"}
+
     def __repr__(self) -> str:
         return f"Together({list(self.names)!r}, mode={self.mode!r})"
 
@@ -109,16 +129,18 @@ class Together:
     def begin(self, model, *, reuse: bool = False) -> _Capture:
         """Before a forward pass on the batch at the current weights (in this probe's mode).
 
-        ``reuse``: take the module structure (activation modules, parameters, weight layers)
-        found on the previous call with the same model instead of walking the model again; for
-        a caller that knows the model's modules and parameters have not changed since (the
-        trainer, within one run)."""
+        ``reuse``: take the module structure (activation modules, parameters, weight layers,
+        buffers) found on the previous call with the same model instead of walking the model
+        again, and refresh the buffer snapshots of that call in place; for a caller that knows
+        the model's modules, parameters and buffers have not been replaced since and that
+        finishes one capture before it begins the next (the trainer, within one run)."""
         if not reuse:
             return _Capture(self, model)
         cached = getattr(self, "_cached", None)
         if cached is None or cached[0]() is not model:
-            cached = self._cached = (weakref.ref(model), _structure(self, model))
-        return _Capture(self, model, cached[1])
+            snapshots = (snapshot_buffers(model), snapshot_buffers(model)) if self.smooth else None
+            cached = self._cached = (weakref.ref(model), _structure(self, model), snapshots)
+        return _Capture(self, model, cached[1], cached[2])
 
     def finish(self, capture: _Capture, batch, loss_fn, loss, grads, *, lr: float = 0.05,
                restore: bool = True) -> list[tuple[str, list, int]]:
@@ -134,14 +156,20 @@ class Together:
         if self.health:
             parts["channel_health"] = ("channel_health",
                                        health_rows(model, capture.acts, capture.seen,
-                                                   health_thresholds())[0], 1)
+                                                   health_thresholds(), gains=capture.gains)[0], 1)
         if self.layer_norms:
             by_id = dict(zip(map(id, capture.params), grads))
             parts["layer_norms"] = ("layer_norms", norm_rows(
                 capture.weights, [by_id[id(w)] for _, w in capture.weights]), 1)
         if self.smooth:
             etas = eta_grid(lr, None, _SMOOTH_ETAS[self.smooth])
-            entry_buffers = snapshot_buffers(model) if restore else None
+            entry_buffers = None
+            if restore:
+                entry_buffers = capture.entry
+                if entry_buffers is None:
+                    entry_buffers = snapshot_buffers(model)
+                else:
+                    refresh_buffers(entry_buffers)
             try:  # smoothness_rows puts the weights back itself
                 rows, _ = smoothness_rows(model, batch, loss_fn, capture.params, capture.layers,
                                           capture.buffers, loss, grads, etas, lr)
