@@ -15,7 +15,8 @@ the overhead of the ``standard`` preset on a training run at its default schedul
    (as plain callables, so the trainer neither runs them together nor inside the step) and each
    alone, to attribute the overhead. Target: under 10%. The preset runs as one probe that
    reuses the training step's forward pass and gradient (``workbench.probes.together``): its
-   cost is the two smoothness passes plus bookkeeping.
+   cost is the two smoothness passes plus bookkeeping. The floor those two passes set is printed.
+   3b. the same on the ConvNet (GN+WS) and the Pre-LN transformer (``--no-cases`` skips it).
 
 One torch thread (peers.md §5: two threads are erratic on this machine kind).
 
@@ -34,10 +35,10 @@ import time
 import torch
 
 from workbench.data import DataConfig, make_dataset
-from workbench.models import MLPConfig, build_model, fit_to_data
+from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig, build_model, fit_to_data
 from workbench.probes import PRESETS, PROBES
 from workbench.probes.landscape import landscape
-from workbench.train import TrainConfig, train
+from workbench.train import TrainConfig, every, train
 
 DIGITS = DataConfig(name="digits", n_train=1438, n_test=359)
 
@@ -153,8 +154,8 @@ def preset_overhead(steps: int, rounds: int) -> None:
     wall(None), wall("standard")  # warm-up
     # the preset's probes as plain callables: not run together, each before the step
     one_by_one = {name: functools.partial(PROBES[name]) for name in preset}
-    variants = {"none": None, "standard": "standard", "standard, one by one": one_by_one,
-                **{name: [name] for name in preset}}
+    variants = {"none": None, "standard": "standard", "cheap (no smoothness)": "cheap",
+                "standard, one by one": one_by_one, **{name: [name] for name in preset}}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):  # interleaved: every variant once per round
         for k, probes in variants.items():
@@ -165,7 +166,43 @@ def preset_overhead(steps: int, rounds: int) -> None:
         med, lo = statistics.median(ts), min(ts)
         print(f"  {k:24s} {med:9.3f} {100 * (med / b_med - 1):8.1f}% {lo:7.3f} "
               f"{100 * (lo / b_min - 1):8.1f}%")
+    # smoothness_small's two extra forward/backward passes alone, at this step's cost, cost
+    # (probe steps x 2 / steps) of the run: the part no bookkeeping trim can remove
+    probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
+    print(f"  floor of the two smoothness passes: {probe_steps} probe steps x 2 passes / {steps} "
+          f"steps = {100 * 2 * probe_steps / steps:.1f}% (if a pass costs a training step)")
     print("  target: standard under 10% of training time")
+
+
+def preset_overhead_cases(steps: int, rounds: int) -> None:
+    """The same comparison (none vs standard) on the other model families, at the same run
+    length: the probe's passes grow with the model, its bookkeeping does not."""
+    cases = {
+        "MLP d3 w64 BN, digits, B=128": TrainConfig(
+            model=MLPConfig(depth=3, width=64, norm="batch"), data=DIGITS, batch_size=128),
+        "ConvNet GN+WS, shapes, B=32": TrainConfig(
+            model=ConvNetConfig(norm="group", ws=True), data=DataConfig(name="shapes"),
+            batch_size=32),
+        "Transformer Pre-LN, markov, B=16": TrainConfig(
+            model=TransformerConfig(), data=DataConfig(name="markov"), batch_size=16,
+            optimizer="adam", lr=1e-3),
+    }
+    print(f"\n3b. 'standard' on other models, {steps}-step runs, probes every "
+          f"{max(1, steps // 10)} steps ({rounds} interleaved rounds, medians)")
+    print(f"  {'model':34s} {'ms/step':>8s} {'overhead':>9s}")
+    for name, cfg in cases.items():
+        cfg = cfg.replace(steps=steps, eval_every=0)
+
+        def wall(probes, cfg=cfg):
+            return train(cfg, probes=probes).metric("wall_time").iloc[-1]
+
+        wall(None), wall("standard")  # warm-up
+        times: dict[str | None, list[float]] = {None: [], "standard": []}
+        for _ in range(rounds):
+            for probes in times:
+                times[probes].append(wall(probes))
+        base, std = statistics.median(times[None]), statistics.median(times["standard"])
+        print(f"  {name:34s} {1e3 * base / steps:8.2f} {100 * (std / base - 1):8.1f}%")
 
 
 def main() -> None:
@@ -174,6 +211,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--no-cases", action="store_true",
+                    help="skip 3b (the preset's overhead on the ConvNet and transformer)")
     ap.add_argument("--peer-site", default=os.environ.get("NORMLAB_PEER_SITE"),
                     help="site-packages of a scratch venv with loss-landscapes installed "
                          "(default: $NORMLAB_PEER_SITE)")
@@ -184,6 +223,8 @@ def main() -> None:
     probe_costs(ds, args.batch, args.reps)
     landscape_vs_peer(ds, args.batch, args.reps, args.peer_site)
     preset_overhead(args.steps, args.rounds)
+    if not args.no_cases:
+        preset_overhead_cases(args.steps, args.rounds)
 
 
 if __name__ == "__main__":

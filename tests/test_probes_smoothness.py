@@ -115,3 +115,15 @@ def test_default_grid_reaches_beyond_the_lr_and_bad_grids_are_rejected():
     with pytest.raises(ValueError, match="unknown mode"):
         smoothness(model, (None, None), lf, mode="test")
     assert isinstance(smoothness(model, (None, None), lf), pd.DataFrame)
+
+
+def test_a_zero_gradient_gives_nan_smoothness_not_an_error():
+    """At a stationary point there is no direction: the step ||eta g|| is 0, so beta is 0/0."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    batch = (torch.randn(8, 3), torch.zeros(8, 2))
+    f = smoothness(model, batch, lambda out, y: (out * 0).sum(), lr=0.1, num_etas=3)
+    v = f.set_index(["layer", "metric"]).value
+    assert v[("", "grad_norm")] == 0 and v[("", "grad_predictiveness")] == 0
+    assert v[("", "loss_variation")] == 0
+    assert math.isnan(v[("", "beta_smoothness")])

@@ -153,3 +153,26 @@ def test_probe_callback_streams_every_probe_frame_as_stored():
     b = streamed.sort_values(key, ignore_index=True)
     assert a[key].astype(str).equals(b[key].astype(str))
     np.testing.assert_array_equal(a.value.values, b.value.values)
+
+
+def test_a_reused_capture_refreshes_its_snapshots_and_the_probe_still_pickles():
+    import pickle
+
+    model, batch, loss_fn = _setup(MLPConfig(depth=2, width=16, norm="batch"), SMALL)
+    probe = Together(["layer_norms", "channel_health", "smoothness_small"])
+    frames = []
+    for _ in range(3):  # three "training" steps: each moves the BN buffers
+        with preserved_state(model):
+            expected = probe(model, batch, loss_fn, lr=0.1)
+        capture = probe.begin(model, reuse=True)
+        loss = loss_fn(model(batch[0]), batch[1])
+        capture.close()
+        loss.backward()
+        _, buffers = _state(model)
+        frames.append(tidy_parts(probe.finish(capture, batch, loss_fn, loss,
+                                              [p.grad for p in capture.params], lr=0.1)))
+        pd.testing.assert_frame_equal(expected, frames[-1])  # before-step buffers, every time
+        assert all(torch.equal(a, b) for a, b in zip(buffers, _state(model)[1]))  # entry kept
+        model.zero_grad()
+    clone = pickle.loads(pickle.dumps(probe))  # the per-model cache stays behind
+    assert clone.names == probe.names and not hasattr(clone, "_cached")

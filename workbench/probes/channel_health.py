@@ -56,17 +56,17 @@ def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicat
     Few, whole-group tensor ops: on a small model every op costs more in dispatch than in
     arithmetic, and this runs inside training steps (the ``standard`` preset)."""
     a = pre.double()
+    m = a.shape[1]
     mean = a.mean(dim=1)
     c = a - mean[:, None]
-    var = (c * c).mean(dim=1)  # biased; three small ops beat var_mean's one on CPU
-    std = var.sqrt()
+    root = torch.linalg.vector_norm(c, dim=1)  # sqrt(M) * std: one op for var, std and scale
+    std = root / math.sqrt(m)  # biased
     dead = ~out.any(dim=1)
-    constant = var < constant_threshold
-    dist = torch.where(std > 0, mean.abs() / std, math.inf)  # a constant channel: inf
+    constant = root < math.sqrt(constant_threshold * m)  # Var < constant_threshold
+    dist = (mean.abs() / std).nan_to_num_(nan=math.inf, posinf=math.inf)  # 0/0 (constant at 0): inf
     # correlations of the non-constant channels; a near-constant channel's column is zeroed, so
     # it is nobody's duplicate (the threshold is > 0)
-    scale = torch.where(constant, 0.0, (std * math.sqrt(a.shape[1])).reciprocal())
-    z = c * scale[:, None]
+    z = c * root.reciprocal().masked_fill_(constant, 0.0)[:, None]
     pairs = (z.transpose(1, 2) @ z > duplicate_threshold).triu_(diagonal=1)  # (L, C, C)
     duplicate = pairs.any(dim=1) | pairs.any(dim=2)
     return {"pre_mean": mean, "pre_std": std, "elimination_distance": dist, "dead": dead,
