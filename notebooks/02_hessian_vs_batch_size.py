@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -30,7 +32,8 @@
 #
 # The toy: a 2-layer MLP (width 32) trained 100 steps on a 10-class Gaussian mixture (2048
 # training examples, which are the "full data"); the probe `hessian_vs_batch_size` runs Lanczos on
-# 8 random mini-batch Hessians per B and on the full-data Hessian.
+# 8 random mini-batch Hessians per B and on the full-data Hessian. Sections 2 and 3 then check
+# the laws against the largest learning rate that actually trains, for SGD and for Adam.
 
 # %%
 # Fixed threads and seeds: the stored outputs of this notebook are compared on every test run.
@@ -166,18 +169,133 @@ assert emp_lr.iloc[-1] >= 2 * emp_lr.iloc[0]
 assert abs(emp_k - probe_k) < 0.3, f"measured slope {emp_k:.2f} vs probe {probe_k:.2f}"
 
 # %% [markdown]
-# ## 3. Adam: the square-root law is *not* reproduced here
-# The probe also computes λ_max of the Adam-preconditioned Hessian. At this scale it barely
-# changes with B (slope ≈ 0–0.1, not 0.5): the preconditioner $\sqrt{\hat v_B}$ is itself
-# estimated from the same noisy mini-batch gradients and grows with the noise, cancelling most
-# of the 1/B outlier shift. What does hold is the ordering: the probe's Adam curvature depends
-# on B much less than SGD's. We also tried section 2's "largest lr that trains" criterion with
-# Adam: at B ≥ 128 Adam still halves the loss at lr = 2 (the top of a 2⁻⁷…2 grid), so that crude
-# criterion cannot resolve Adam's threshold here; checking the square-root law empirically needs
-# a finer stability test (e.g. loss spikes, or divergence from a trained checkpoint).
+# ## 3. Adam: square-root scaling
+# Adam divides each coordinate's step by $\sqrt{\hat v}$, the running root mean square of the
+# mini-batch gradients. Once the gradient noise dominates $\hat v$, $\hat v \approx \sigma^2/B$
+# ($\sigma^2$ the per-example gradient variance of that coordinate), so Adam behaves like SGD
+# with the rate $\eta\sqrt{B}/\sigma$ on the curvature $H_B$. Asking for stability,
+# $\eta\sqrt{B}\,\lambda_{\max}(H_B)/\sigma \lesssim \text{const}$, with
+# $\lambda_{\max}(H_B) \approx \lambda_{\text{full}} + c/B$ from section 1:
+#
+# $$\eta_{\max}^{\text{SGD}} \approx \frac{2}{\lambda_{\text{full}} + c/B} \approx \frac{2B}{c},
+# \qquad
+# \eta_{\max}^{\text{Adam}} \propto \frac{\sigma}{\sqrt{B}\,(\lambda_{\text{full}} + c/B)}
+# \approx \frac{\sigma}{c}\sqrt{B} \qquad (c/B \gg \lambda_{\text{full}}).$$
+#
+# This is a heuristic reading of the paper's result (Granziol et al. derive the linear and
+# square-root laws from the spiked batch Hessian), not its derivation; it also says that the
+# Adam law turns over, $\eta_{\max} \propto 1/\sqrt{B}$, once $\lambda_{\text{full}}$ dominates
+# (compare the "surge" of Adam's optimal learning rate, papers.md §2.2).
+#
+# ### 3a. The probe's preconditioned curvature is too coarse here
+# The probe computes λ_max of $P^{-1/2} H_B P^{-1/2}$, $P = \operatorname{diag}(\sqrt{v_B}+\epsilon)$,
+# with $v_B$ from the same 8 mini-batches. Over B = 8…1024 its `lr_adam_exponent` is ≈ 0–0.1:
+# by the formula above the rising √B half (B ≲ c/λ_full ≈ 40) and the falling 1/√B half cancel,
+# and 8 gradients at one checkpoint make a noisy $v_B$ (the Adam column of the table above is
+# not monotone). What holds is the ordering: the probe's Adam curvature depends on B much less
+# than SGD's.
 
 # %%
 assert fits["lr_adam_exponent"] < fits["lr_sgd_exponent"], "Adam should depend on B less than SGD"
+
+# %% [markdown]
+# ### 3b. Measured: the bisected largest learning rate, SGD and Adam
+# Section 2's criterion is too crude for Adam (at B ≥ 128 Adam still halves the loss at lr = 2
+# within 100 steps). Here both optimizers get the same finer test, as papers.md §2.2 asks ("the
+# bisected max stable LR, SGD and Adam"): plain SGD (no momentum) and Adam (β = (0.9, 0.999),
+# ε = 1e-8), each trained from scratch for a fixed budget of **8 epochs** (8 · 2048 / B steps);
+# a rate *trains* if the loss on the whole training set after the budget is below 1.0 (chance
+# level is ln 10 ≈ 2.30; above the edge a run ends near 2.3 or diverges, so the edge is sharp).
+# From a rate that fails (2⁴ for SGD, 2⁰ for Adam) we step down an octave at a time until one
+# trains, then bisect to 1/8 octave. B ∈ {8, 16, 32, 64}: the range where c/B dominates
+# λ_max(H_B) (section 1; by B = 128 it is close to the full-data value and both laws flatten).
+
+# %%
+EPOCHS, LOSS_OK = 8, 1.0
+SCALING_SIZES = [8, 16, 32, 64]
+START = {"sgd": 4.0, "adam": 0.0}  # log2 of a rate that fails at every B here
+
+
+def trains(optimizer, batch_size, lr, seed=0):
+    """Train from scratch for EPOCHS epochs; True if the full training loss ends below LOSS_OK."""
+    run = train(base.replace(optimizer=optimizer, lr=float(lr), momentum=0.0, batch_size=batch_size,
+                             steps=EPOCHS * data.n_train // batch_size, seed=seed))
+    if run.status != "finished":  # diverged
+        return False
+    ds = run.dataset
+    with torch.no_grad():
+        loss = float(ds.loss_fn(run.model(ds.x_train), ds.y_train))
+    return loss < LOSS_OK
+
+
+def bisected_lr_max(optimizer, batch_size, seed=0, resolution=0.125):
+    """Largest lr that trains: octave steps down from START, then bisection in log2(lr)."""
+    hi = START[optimizer]
+    assert not trains(optimizer, batch_size, 2 ** hi, seed), f"{optimizer} B={batch_size} trains at 2^{hi}"
+    lo = hi - 1
+    while not trains(optimizer, batch_size, 2 ** lo, seed):
+        hi, lo = lo, lo - 1
+        assert lo > START[optimizer] - 16, f"{optimizer} B={batch_size}: nothing trains"
+    while hi - lo > resolution:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if trains(optimizer, batch_size, 2 ** mid, seed) else (lo, mid)
+    return 2 ** lo
+
+
+lr_max = {opt: pd.DataFrame({seed: [bisected_lr_max(opt, b, seed) for b in SCALING_SIZES] for seed in SEEDS},
+                            index=SCALING_SIZES) for opt in ("sgd", "adam")}
+exponents = pd.DataFrame({opt: [np.polyfit(np.log(SCALING_SIZES), np.log(f[s]), 1)[0] for s in SEEDS]
+                          for opt, f in lr_max.items()}, index=pd.Index(SEEDS, name="seed"))
+lr_max_mean = pd.DataFrame({opt: np.exp(np.log(f).mean(axis=1)) for opt, f in lr_max.items()})  # geometric
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(lr_max_mean.rename_axis("B").rename(columns=lambda o: f"lr_max {o}").round(4).to_string())
+print("log-log slope of lr_max over B =", SCALING_SIZES, "per seed:")
+print(exponents.round(2).to_string())
+
+# %% [markdown]
+# The largest Adam rate grows like **√B**, SGD's nearly linearly: slopes 0.46–0.50 for Adam
+# and 0.76–0.90 for SGD in each of seeds 0–5 (the SGD slope is a little below 1 because the
+# full-data term already counts at B = 64). How much the number depends on the protocol (this
+# toy; 2–5 seeds per line; B ∈ {8, 32, 128} where not said):
+# - budget: with B ∈ {8…64}, 4 epochs gave Adam 0.50–0.60 (SGD 0.79–0.87) and 16 epochs Adam
+#   0.38–0.44 (SGD 0.79–0.82); with B ∈ {8, 32, 128}, 4 / 8 / 16 epochs gave Adam 0.44–0.56 /
+#   0.44–0.56 / 0.37–0.44 (SGD 0.69–0.78 / 0.68–0.82 / 0.78–0.81); a fixed 500 *steps* at
+#   every B gave Adam 0.31 (SGD 0.66–0.69);
+# - a stricter "trains" (final loss < 0.5): Adam 0.56–0.59, SGD 0.75–0.78; half of chance
+#   level (< 1.15) changes little (Adam 0.47–0.56);
+# - adding B = 512, where both laws have flattened: Adam 0.41–0.44, SGD 0.54–0.57;
+# - smaller batches, B ∈ {4…32}: Adam 0.49–0.55; SGD 0.89–0.94 over B = 8…32.
+#
+# So the *value* ½ depends on the budget (Adam 0.31–0.60 over everything we tried; longer
+# budgets give smaller exponents), but in every setting and seed Adam's exponent was below
+# SGD's, by at least 0.12 (0.26–0.40 with the protocol above), at 0.45–0.81 of it. We assert, for this protocol and each seed run: both grow with B, Adam's exponent is near
+# ½ and clearly below SGD's, SGD's is near linear.
+
+# %%
+for seed in SEEDS:
+    for opt in ("sgd", "adam"):
+        assert lr_max[opt][seed].is_monotonic_increasing, f"seed {seed}: {opt} lr_max should grow with B"
+    k_sgd, k_adam = exponents.loc[seed, "sgd"], exponents.loc[seed, "adam"]
+    assert abs(k_adam - 0.5) < 0.15, f"seed {seed}: Adam exponent {k_adam:.2f} is not near 1/2"
+    assert k_adam < k_sgd - 0.15, f"seed {seed}: Adam {k_adam:.2f} should scale clearly slower than SGD {k_sgd:.2f}"
+    assert k_sgd > 0.65, f"seed {seed}: SGD exponent {k_sgd:.2f} should be near linear"
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig = go.Figure()
+for opt, color in (("sgd", "#1f77b4"), ("adam", "#d62728")):
+    y = lr_max_mean[opt]
+    fig.add_scatter(x=SCALING_SIZES, y=y, mode="markers+lines", name=f"{opt}: bisected lr_max",
+                    line={"color": color})
+    ref = 1.0 if opt == "sgd" else 0.5
+    fig.add_scatter(x=SCALING_SIZES, y=y.iloc[0] * (np.array(SCALING_SIZES) / SCALING_SIZES[0]) ** ref,
+                    mode="lines", line={"color": color, "dash": "dot"}, name=f"∝ B^{ref:g}")
+fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="batch size B",
+                  yaxis_title="largest learning rate that trains (8 epochs)",
+                  title="Linear scaling for SGD, square-root scaling for Adam")
+fig
 
 # %% [markdown]
 # ## Try it yourself
@@ -204,6 +322,10 @@ widgets.interact_manual(rerun, steps=widgets.IntSlider(value=100, min=1, max=500
 # - So the stable SGD step grows with B — about linearly while c/B dominates, then it
 #   saturates: the origin of linear learning-rate scaling (and of its limit).
 # - The measured largest trainable learning rate follows the same slope.
+# - Adam divides the step by the root mean square of the noisy gradients (∝ 1/√B), which turns
+#   the linear law into a **square-root** law: its bisected largest rate grows like B^0.5 while
+#   SGD's grows like B^0.8–0.9 over B = 8…64. The exact exponent depends on the training budget;
+#   the ordering does not.
 #
 # **Try next:** `NORMLAB_FULL=1`; a checkpoint at step 1 vs 500 (sharpness changes during
 # training); `kind="ggn"` in the probe (the paper: "similar results for the Generalised
