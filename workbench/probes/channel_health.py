@@ -55,7 +55,9 @@ def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicat
 
     Few, whole-group tensor ops: on a small model every op costs more in dispatch than in
     arithmetic, and this runs inside training steps (the ``standard`` preset)."""
-    a = pre.double()
+    # float32 (half/bfloat16 go up, float64 stays): enough for the thresholds and correlations,
+    # and half the memory traffic of float64 on conv activations
+    a = pre.to(torch.promote_types(pre.dtype, torch.float32))
     m = a.shape[1]
     mean = a.mean(dim=1)
     c = a - mean[:, None]
@@ -182,8 +184,9 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False, gai
         # distance to elimination (the median is taken in Python: no sort kernel)
         counts = torch.stack([stats[k] for k in ("dead", "near_constant", "one_sided", "duplicate")],
                              1).sum(dim=2)
-        values.append(torch.cat([torch.cat([counts, n_pairs[:, None]], 1).double(),
-                                 stats["elimination_distance"]], 1).reshape(-1))
+        dist = stats["elimination_distance"]
+        values.append(torch.cat([torch.cat([counts, n_pairs[:, None]], 1).to(dist.dtype), dist],
+                                1).reshape(-1))
         for i, (n, _, _) in enumerate(members):
             per_layer[n] = (stats, i, len(values) - 1)
     group_values = len(values)
@@ -195,8 +198,8 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False, gai
         by_size.setdefault((g.numel(), g.dtype, g.device), []).append((name, g))
     for group in by_size.values():
         small = torch.stack([g.reshape(-1) for _, g in group]).abs() < gain_threshold
-        values.append(small.sum(dim=1).double())
-    flat = torch.cat(values).tolist() if values else []  # one device sync
+        values.append(small.sum(dim=1))
+    flat = torch.cat(values).tolist() if values else []  # one device sync (cat promotes dtypes)
     starts = [0]
     for v in values:
         starts.append(starts[-1] + v.numel())
