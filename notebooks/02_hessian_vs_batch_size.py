@@ -190,9 +190,10 @@ assert abs(emp_k - probe_k) < 0.3, f"measured slope {emp_k:.2f} vs probe {probe_
 # ### 3a. The probe's preconditioned curvature is too coarse here
 # The probe computes λ_max of $P^{-1/2} H_B P^{-1/2}$, $P = \operatorname{diag}(\sqrt{v_B}+\epsilon)$,
 # with $v_B$ from the same 8 mini-batches. Over B = 8…1024 its `lr_adam_exponent` is ≈ 0–0.1:
-# by the formula above the rising √B half (B ≲ c/λ_full ≈ 40) and the falling 1/√B half cancel,
-# and 8 gradients at one checkpoint make a noisy $v_B$ (the Adam column of the table above is
-# not monotone). What holds is the ordering: the probe's Adam curvature depends on B much less
+# by the formula above the Adam law rises like √B only while c/B dominates (c/λ_full ≈ 30–45
+# here) and falls like 1/√B after, so over the whole range the two halves largely cancel; and 8
+# gradients at one checkpoint make a noisy $v_B$ (the Adam column of the table above falls,
+# then rises again). What holds is the ordering: the probe's Adam curvature depends on B much less
 # than SGD's.
 
 # %%
