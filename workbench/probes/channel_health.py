@@ -44,6 +44,8 @@ SUMMARY = ("dead_fraction", "constant_fraction", "one_sided_fraction", "duplicat
 def _by_channel(t: torch.Tensor) -> torch.Tensor:
     """(N, C) / (N, C, H, W) / (N, T, C) -> (M, C): every value of each channel in one column
     (channels last, so the usual (N, C) and (N, T, C) inputs are views, not copies)."""
+    if t.dim() == 2:
+        return t
     if t.dim() == 3:
         return t.reshape(-1, t.shape[-1])
     return t.movedim(1, -1).reshape(-1, t.shape[1])

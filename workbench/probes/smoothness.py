@@ -150,8 +150,7 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
         w_flat, g_flat = flat_view(params), flat_view(g0)
         flat = w_flat is not None and g_flat is not None
         w0 = w_flat.clone() if flat else [p.detach().clone() for p in params]
-        norms = [*torch._foreach_norm(g0), *torch._foreach_norm(w0 if not flat else params)]
-    losses = [loss0.detach()]
+    losses, moved = [loss0.detach()], []
     try:
         for eta in etas:
             with torch.no_grad():
@@ -164,16 +163,17 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
             loss = loss_fn(model(x), y)
             g = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(loss.detach())
-            with torch.no_grad():
-                g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
-                norms += torch._foreach_norm(torch._foreach_sub(g, g0))
+            moved += [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
     finally:
         with torch.no_grad():
             if flat:
                 w_flat.copy_(w0)
             else:
                 torch._foreach_copy_(params, w0)
-    vals = torch.stack(losses + norms).tolist()  # one device sync
+    with torch.no_grad():  # every norm in one op: g0, w0 and each step size's gradient change
+        norms = torch._foreach_norm([*g0, *(w0 if not flat else params),
+                                     *torch._foreach_sub(moved, g0 * len(etas))])
+    vals = torch.stack([*losses, *norms]).tolist()  # one device sync
     e, n = len(etas), len(params)
     loss_vals, per_tensor = vals[:e + 1], vals[e + 1:]
     g_n, w_n = per_tensor[:n], per_tensor[n:2 * n]
