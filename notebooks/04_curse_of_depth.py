@@ -32,7 +32,9 @@
 # The toy: 12-block decoder-only transformers (d = 32, 2 heads) on next-token prediction in a
 # random sparse Markov chain, Adam lr 3e-3, batch 32, 100 steps. The probe `depth_variance`
 # reports per block the stream variance, the relative update ‖F_l‖/‖x_l‖, the gradient norm, and
-# the loss increase when the block is skipped.
+# the loss increase when the block is skipped. It runs at initialization and after training on
+# one fixed batch, the 256 held-out sequences: on the step's own 32 training sequences the
+# per-block gradient norms (and `grad_cv` below) move with whichever batch was drawn.
 
 # %%
 # Fixed threads and seeds: the stored outputs of this notebook are compared on every test run.
@@ -47,6 +49,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workbench import DataConfig, TrainConfig, TransformerConfig, train  # noqa: E402
+from workbench.data import make_dataset  # noqa: E402
 from workbench.probes import depth_variance  # noqa: E402
 
 # SMOKE (default, < 60 s on 2 cores): one seed. FULL (NORMLAB_FULL=1): three seeds, averaged.
@@ -59,6 +62,13 @@ DEPTH = 12
 base = TrainConfig(model=TransformerConfig(depth=DEPTH, d_model=32, heads=2), data=data, steps=100,
                    batch_size=32, optimizer="adam", lr=3e-3, eval_every=0)
 PLACEMENTS = {"Pre-LN": "pre", "Pre-LN + LNS": "ln_scaling", "Post-LN": "post", "Mix-LN": "mix"}
+held_out = make_dataset(data)  # the same tensors the trainer builds from this config
+PROBE_BATCH = (held_out.x_test, held_out.y_test)  # 256 held-out sequences
+
+
+def depth_variance_held_out(model, batch, loss_fn):
+    """depth_variance on PROBE_BATCH instead of the step's training batch."""
+    return depth_variance(model, PROBE_BATCH, loss_fn)
 
 
 def at_init_and_end(step, total):
@@ -69,7 +79,7 @@ def probe_run(placement, seed=0, depth=DEPTH, steps=100):
     """Per-block probe rows at initialization and after training, indexed by block number."""
     cfg = base.replace(model=TransformerConfig(depth=depth, d_model=32, heads=2, placement=placement),
                        seed=seed, steps=steps)
-    run = train(cfg, probes={"depth_variance": depth_variance}, schedule=at_init_and_end)
+    run = train(cfg, probes={"depth_variance": depth_variance_held_out}, schedule=at_init_and_end)
     f = run.frame[run.frame.probe == "depth_variance"].copy()
     f["block"] = f.layer.str.split(".").str[1].astype(int)
     f["when"] = np.where(f.step == 0, "init", "trained")
@@ -155,8 +165,6 @@ assert post.grad_last_over_first > 1.1, "Post-LN: earlier blocks should get smal
 # still does not show at this scale (section 3), and LNS does not help here.
 
 # %%
-from workbench.data import make_dataset  # noqa: E402
-
 if FULL:
     hard = DataConfig(name="markov", n_train=4096, n_test=256, seed=0,
                       options={"vocab_size": 32, "order": 2, "branching": 4})
