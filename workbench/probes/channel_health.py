@@ -187,7 +187,10 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False, gai
         counts = torch.stack([stats[k] for k in ("dead", "near_constant", "one_sided", "duplicate")],
                              1).sum(dim=2)
         dist = stats["elimination_distance"]
-        values.append(torch.cat([torch.cat([counts, n_pairs[:, None]], 1).to(dist.dtype), dist],
+        # counts travel in dist's float32, exact up to 2**24 (duplicate pairs of a layer with
+        # more than ~5800 channels could exceed that: float64 then)
+        exact = dist.dtype if dist.shape[1] ** 2 <= 2**25 else torch.float64
+        values.append(torch.cat([torch.cat([counts, n_pairs[:, None]], 1).to(exact), dist],
                                 1).reshape(-1))
         for i, (n, _, _) in enumerate(members):
             per_layer[n] = (stats, i, len(values) - 1)
