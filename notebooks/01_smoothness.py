@@ -192,8 +192,12 @@ assert conv.loc["GroupNorm + WS", "final_train_loss"] < 0.5 * conv.loc["GroupNor
 # $c_\ell = \lVert W_\ell\rVert / \lVert \hat W_\ell\rVert$, which gives both nets the **same weight norm in
 # every layer**: the probe's own `weight_norm` and `lr_effective` rows then match (asserted),
 # so a raw-β comparison is a comparison of β·‖w‖², at equal effective steps. This choice is the
-# least favourable to WS among natural ones: matching the centred norm $\lVert W - \operatorname{mean} W\rVert$
-# instead makes the twin smaller and its β larger.
+# least favourable to WS among the choices that keep the two nets at comparable scale: matching
+# the centred norm $\lVert W - \operatorname{mean} W\rVert$ instead makes the twin smaller and its β larger. The
+# choice that could flip the result is to leave the twin at $\hat W$ itself ($c_\ell = 1$, a norm
+# 2.5–30× larger than $\lVert W_\ell\rVert$ per layer here): by the $1/\lVert w\rVert^2$ law its β would shrink by
+# the square of that factor, and the same η would be a far smaller effective step for the twin
+# than for the WS net — the scale caveat itself, not a property of WS.
 #
 # Both nets are probed on one fixed held-out batch (128 test images), every 25 steps of a
 # 200-step GN+WS run, `per_eta=True`; SMOKE uses seeds 0–2, FULL seeds 0–8.
@@ -273,8 +277,8 @@ print("smallest twin/WS β ratio per conv layer:", ", ".join(f"{n} {v:.2f}" for 
 # 81 FULL probe points: β 1.9×, gradient norm 1.5×), and in every convolution layer separately
 # (the probe's per-layer rows). The per-seed medians differ by 3.5–6×. What is *not* uniform: per
 # step size (`beta_at_eta`), the twin's gradient change is smaller than WS's at the three
-# largest steps (η ≥ 0.074 ≈ 0.74·lr) at a handful of probe points, all at step 25 (14 of 648
-# (seed, step, η) points over the nine seeds): far along −g the twin leaves its sharp region
+# largest steps (η ≥ 0.074 ≈ 0.74·lr) at a handful of probe points, all at steps 25 and 50 (14
+# of 648 (seed, step, η) points over the nine seeds): far along −g the twin leaves its sharp region
 # sooner. At the small steps where β measures local curvature, and for the probe's β (its
 # maximum over η), WS is lower everywhere we looked.
 
