@@ -50,7 +50,7 @@ import pandas as pd  # noqa: E402
 
 from workbench import DataConfig, TrainConfig, TransformerConfig, train  # noqa: E402
 from workbench.data import make_dataset  # noqa: E402
-from workbench.probes import depth_variance  # noqa: E402
+from workbench.probes import depth_variance, on_batch  # noqa: E402
 
 # SMOKE (default, < 60 s on 2 cores): one seed. FULL (NORMLAB_FULL=1): three seeds, averaged.
 FULL = os.environ.get("NORMLAB_FULL") == "1"
@@ -63,12 +63,8 @@ base = TrainConfig(model=TransformerConfig(depth=DEPTH, d_model=32, heads=2), da
                    batch_size=32, optimizer="adam", lr=3e-3, eval_every=0)
 PLACEMENTS = {"Pre-LN": "pre", "Pre-LN + LNS": "ln_scaling", "Post-LN": "post", "Mix-LN": "mix"}
 held_out = make_dataset(data)  # the same tensors the trainer builds from this config
-PROBE_BATCH = (held_out.x_test, held_out.y_test)  # 256 held-out sequences
-
-
-def depth_variance_held_out(model, batch, loss_fn):
-    """depth_variance on PROBE_BATCH instead of the step's training batch."""
-    return depth_variance(model, PROBE_BATCH, loss_fn)
+# depth_variance on the 256 held-out sequences, whatever batch the trainer hands it
+depth_variance_held_out = on_batch(depth_variance, (held_out.x_test, held_out.y_test))
 
 
 def at_init_and_end(step, total):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import random
 
 import numpy as np
@@ -102,3 +104,14 @@ def preserved_state(model: nn.Module, *, rng: bool = True, params: bool = True, 
                 torch.cuda.set_rng_state_all(cuda_state)
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+def takes_lr(fn) -> bool:
+    """Whether the trainer should pass its current learning rate to ``fn`` as ``lr=``: ``fn``
+    has an ``lr`` keyword that a ``functools.partial`` has not already fixed."""
+    if isinstance(fn, functools.partial) and "lr" in fn.keywords:
+        return False
+    try:
+        return "lr" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and odd callables: no
+        return False

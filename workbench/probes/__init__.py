@@ -5,6 +5,7 @@ BatchNorm buffers, global RNG). ``PROBES`` lists them; ``PRESETS`` groups them b
 """
 from .channel_health import channel_health
 from .depth_variance import depth_variance
+from .fixed import FixedBatch, on_batch
 from .gradient_noise_scale import gradient_noise_scale
 from .hessian_density import hessian_density
 from .hessian_top_eigs import hessian_top_eigs
@@ -42,7 +43,8 @@ PRESETS = {
 }
 # depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 
-__all__ = ["PRESETS", "PROBES", "Together", "channel_health", "depth_variance", "gradient_noise_scale",
+__all__ = ["PRESETS", "PROBES", "FixedBatch", "Together", "channel_health", "depth_variance",
+           "gradient_noise_scale",
            "hessian_density", "hessian_top_eigs",
-           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "run_together",
+           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "on_batch", "run_together",
            "smoothness", "smoothness_small"]

@@ -10,8 +10,6 @@ error message. Nothing recorded is lost in any of these cases.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-import inspect
 import math
 import threading
 import time
@@ -29,7 +27,7 @@ from ..probes import PRESETS, PROBES
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
-from ..utils import forward_uses_rng, preserved_state, resolve_device, seed_everything
+from ..utils import forward_uses_rng, preserved_state, resolve_device, seed_everything, takes_lr
 from .config import TrainConfig
 from .flat import FlatParams, can_flatten
 from .hooks import CancelToken, every
@@ -86,17 +84,6 @@ def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Pro
         elif name == shared[0]:
             out["+".join(shared)] = Together(shared)
     return out
-
-
-def takes_lr(fn) -> bool:
-    """Whether the trainer should pass its current learning rate to ``fn`` as ``lr=``: ``fn``
-    has an ``lr`` keyword that a ``functools.partial`` has not already fixed."""
-    if isinstance(fn, functools.partial) and "lr" in fn.keywords:
-        return False
-    try:
-        return "lr" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins and odd callables: no
-        return False
 
 
 class _Rows:
