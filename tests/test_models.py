@@ -155,3 +155,20 @@ def test_fit_to_data_and_round_trip():
 def test_bad_model_configs(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_transformer_init_std_draws_every_weight_from_a_small_normal():
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(depth=2, d_model=64, vocab_size=50, seq_len=16,
+                                          init_std=0.02))
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
+    assert len(weights) >= 2 + 2 * 2 + 1  # embeddings, attention and MLP layers, head
+    for w in weights:
+        assert abs(w.std().item() - 0.02) < 0.004 and abs(w.mean().item()) < 0.004
+    assert all(torch.all(m.bias == 0) for m in model.modules()
+               if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    default = build_model(TransformerConfig(depth=2, d_model=64, vocab_size=50, seq_len=16))
+    assert default.tok.weight.std().item() > 0.5  # PyTorch's N(0, 1) embedding when None
+    for bad in (0, -0.1, math.inf, "0.02"):
+        with pytest.raises(ValueError, match="init_std"):
+            TransformerConfig(init_std=bad)

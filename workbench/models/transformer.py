@@ -28,7 +28,12 @@ PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Decoder-only transformer; ``vocab_size``/``seq_len`` are filled from the data set."""
+    """Decoder-only transformer; ``vocab_size``/``seq_len`` are filled from the data set.
+
+    ``init_std``: None keeps PyTorch's default initialization (embeddings N(0, 1), linear layers
+    Kaiming-uniform); a number draws every embedding and linear weight from N(0, init_std^2) with
+    zero biases, as GPT-2 and LLaMA do (0.02): a much smaller residual stream at the start, which
+    changes how the LN placements behave early in training."""
 
     kind: ClassVar[str] = "transformer"
     layout: ClassVar[str] = "tokens"
@@ -40,6 +45,7 @@ class TransformerConfig:
     norm_options: dict = field(default_factory=dict)
     placement: str = "pre"
     mix_fraction: float = 0.25
+    init_std: float | None = None
     vocab_size: int | None = None
     seq_len: int | None = None
 
@@ -54,6 +60,10 @@ class TransformerConfig:
                              f"valid values: {', '.join(map(str, valid))}")
         if not 0.0 <= self.mix_fraction <= 1.0:
             raise ValueError(f"mix_fraction must be in [0, 1], got {self.mix_fraction!r}")
+        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
+                                              and 0 < self.init_std < math.inf):
+            raise ValueError(f"init_std must be None (PyTorch's default init) or a finite number "
+                             f"> 0 (e.g. 0.02, GPT-2/LLaMA), got {self.init_std!r}")
         for name in ("vocab_size", "seq_len"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name), integer=True)
@@ -131,6 +141,12 @@ class Transformer(WorkbenchModel):
         self.final_norm = make_norm(cfg.norm if has_final else "none", cfg.d_model, "tokens",
                                     **(cfg.norm_options if has_final else {}))
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.init_std is not None:  # GPT-2/LLaMA-style: N(0, std^2) weights, zero biases
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, 0.0, cfg.init_std)
+                    if getattr(m, "bias", None) is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         n, t = idx.shape  # (N, T) token ids
