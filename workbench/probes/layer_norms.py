@@ -57,11 +57,13 @@ def norm_rows(weights, grads) -> list[tuple[str, str, float]]:
     unused), with one device sync."""
     if not weights:
         return []
-    wn = torch.stack([torch.linalg.vector_norm(w.detach()) for _, w in weights])
-    gn = torch.stack([torch.zeros_like(wn[0]) if g is None else torch.linalg.vector_norm(g)
-                      for g in grads])
+    with torch.no_grad():  # one foreach op for every norm, one stack, one sync
+        used = [g for g in grads if g is not None]
+        norms = torch.stack(torch._foreach_norm([w for _, w in weights] + used)).tolist()
+    wn, used_n = norms[:len(weights)], iter(norms[len(weights):])
+    gn = [0.0 if g is None else next(used_n) for g in grads]
     rows = []
-    for (name, _), w, g in zip(weights, wn.tolist(), gn.tolist()):
+    for (name, _), w, g in zip(weights, wn, gn):
         rows += [(name, "weight_norm", w), (name, "grad_norm", g),
                  (name, "grad_to_weight", g / w if w > 0 else float("inf")),
                  (name, "inv_weight_norm_sq", 1.0 / w**2 if w > 0 else float("inf"))]
