@@ -44,7 +44,6 @@ PRESETS = {
 # depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 
 __all__ = ["PRESETS", "PROBES", "FixedBatch", "Together", "channel_health", "depth_variance",
-           "gradient_noise_scale",
-           "hessian_density", "hessian_top_eigs",
-           "hessian_trace", "hessian_vs_batch_size", "landscape", "layer_norms", "on_batch", "run_together",
+           "gradient_noise_scale", "hessian_density", "hessian_top_eigs", "hessian_trace",
+           "hessian_vs_batch_size", "landscape", "layer_norms", "on_batch", "run_together",
            "smoothness", "smoothness_small"]
