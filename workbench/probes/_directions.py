@@ -57,33 +57,22 @@ def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def assign(params, flat: torch.Tensor) -> None:
-    """Copy the flat vector ``flat`` (P,) into ``params`` in place."""
-    params = list(params)
-    view = flat_view(params)
-    if view is not None:
-        view.copy_(flat)
-    else:
-        torch._foreach_copy_(params, unflatten(flat, params))
-
-
-def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(b, b.detach().clone()) for b in model.buffers()]
+def snapshot_buffers(model: nn.Module, into=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(buffer, copy)]`` of the model's buffers. ``into``: an earlier snapshot of the same
+    buffers, taken again into its own copies (one op instead of a clone per buffer, for a caller
+    that snapshots the same model over and over: the trainer's in-step probes) and returned."""
+    if into is None:
+        return [(b, b.detach().clone()) for b in model.buffers()]
+    if into:
+        with torch.no_grad():
+            torch._foreach_copy_([v for _, v in into], [b for b, _ in into])
+    return into
 
 
 @torch.no_grad()
 def restore_buffers(snapshot) -> None:
     if snapshot:
         torch._foreach_copy_([b for b, _ in snapshot], [v for _, v in snapshot])
-
-
-@torch.no_grad()
-def refresh_buffers(snapshot) -> None:
-    """Take ``snapshot`` again, into its own copies: one op instead of a clone per buffer (for a
-    caller that snapshots the same model's buffers over and over, the trainer's in-step probes)."""
-    if snapshot:
-        torch._foreach_copy_([v for _, v in snapshot], [b for b, _ in snapshot])
 
 
 def random_direction(params, generator: torch.Generator) -> list[torch.Tensor]:

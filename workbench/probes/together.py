@@ -20,7 +20,7 @@ import torch
 
 from .._validate import check_choice
 from ..utils import forward_uses_rng, preserved_state
-from ._directions import MODES, refresh_buffers, restore_buffers, snapshot_buffers
+from ._directions import MODES, restore_buffers, snapshot_buffers
 from ._tidy import tidy_parts
 from .channel_health import (
     activation_modules,
@@ -45,14 +45,9 @@ class _Capture:
         (self.acts, self.gains, self.params, self.layers,
          self.weights) = structure or _structure(probe, model)
         # the buffers before the forward, and (``entry``, taken by finish) after it: fresh
-        # snapshots, or a reused pair of them refreshed in place
-        self.buffers = self.entry = None
-        if probe.smooth:
-            if snapshots is None:
-                self.buffers = snapshot_buffers(model)
-            else:
-                self.buffers, self.entry = snapshots
-                refresh_buffers(self.buffers)
+        # snapshots, or a reused pair of them taken again in place
+        before, self.entry = snapshots or (None, None)
+        self.buffers = snapshot_buffers(model, into=before) if probe.smooth else None
         self._hooks = capture_inputs(self.acts)
         self.seen = self._hooks.__enter__()
 
@@ -97,6 +92,7 @@ class Together:
         self.names, self.mode = tuple(names), mode
         self.smooth = smooth[0] if smooth else None
         self.health = "channel_health" in names
+        self.thresholds = health_thresholds()  # channel health's defaults, checked once
         self.layer_norms = "layer_norms" in names
         self.needs_grad = self.layer_norms or self.smooth is not None
         self.__name__ = "+".join(names)
@@ -156,20 +152,14 @@ class Together:
         if self.health:
             parts["channel_health"] = ("channel_health",
                                        health_rows(model, capture.acts, capture.seen,
-                                                   health_thresholds(), gains=capture.gains)[0], 1)
+                                                   self.thresholds, gains=capture.gains)[0], 1)
         if self.layer_norms:
             by_id = dict(zip(map(id, capture.params), grads))
             parts["layer_norms"] = ("layer_norms", norm_rows(
                 capture.weights, [by_id[id(w)] for _, w in capture.weights]), 1)
         if self.smooth:
             etas = eta_grid(lr, None, _SMOOTH_ETAS[self.smooth])
-            entry_buffers = None
-            if restore:
-                entry_buffers = capture.entry
-                if entry_buffers is None:
-                    entry_buffers = snapshot_buffers(model)
-                else:
-                    refresh_buffers(entry_buffers)
+            entry_buffers = snapshot_buffers(model, into=capture.entry) if restore else None
             try:  # smoothness_rows puts the weights back itself
                 rows, _ = smoothness_rows(model, batch, loss_fn, capture.params, capture.layers,
                                           capture.buffers, loss, grads, etas, lr)
