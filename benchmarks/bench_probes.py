@@ -141,6 +141,21 @@ def landscape_vs_peer(ds, batch_size: int, reps: int, peer_site: str | None) -> 
           "(target: > 1)")
 
 
+def _step_loop_times(cfg, variants: dict, rounds: int) -> dict[str, list[float]]:
+    """Step-loop wall times of ``train(cfg, probes=...)`` for every ``{label: probes}``: one
+    warm-up run each, then ``rounds`` interleaved rounds (every variant once per round)."""
+    def wall(probes):
+        return train(cfg, probes=probes).metric("wall_time").iloc[-1]
+
+    for probes in variants.values():
+        wall(probes)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, probes in variants.items():
+            times[k].append(wall(probes))
+    return times
+
+
 def preset_overhead(steps: int, rounds: int) -> None:
     cfg = TrainConfig(model=MLPConfig(depth=3, width=64, norm="batch"), data=DIGITS,
                       batch_size=32, steps=steps, eval_every=0)
@@ -148,18 +163,11 @@ def preset_overhead(steps: int, rounds: int) -> None:
     print(f"\n3. overhead of the 'standard' preset {preset} on a {steps}-step run "
           f"(MLP d3 w64 BN, digits, B=32, probes every {max(1, steps // 10)} steps)")
 
-    def wall(probes):
-        return train(cfg, probes=probes).metric("wall_time").iloc[-1]
-
-    wall(None), wall("standard")  # warm-up
     # the preset's probes as plain callables: not run together, each before the step
     one_by_one = {name: functools.partial(PROBES[name]) for name in preset}
     variants = {"none": None, "standard": "standard", "cheap (no smoothness)": "cheap",
                 "standard, one by one": one_by_one, **{name: [name] for name in preset}}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):  # interleaved: every variant once per round
-        for k, probes in variants.items():
-            times[k].append(wall(probes))
+    times = _step_loop_times(cfg, variants, rounds)
     b_med, b_min = statistics.median(times["none"]), min(times["none"])
     print(f"  {'probes':24s} {'median s':>9s} {'overhead':>9s} {'min s':>7s} {'overhead':>9s}")
     for k, ts in times.items():
@@ -191,17 +199,9 @@ def preset_overhead_cases(steps: int, rounds: int) -> None:
           f"{max(1, steps // 10)} steps ({rounds} interleaved rounds, medians)")
     print(f"  {'model':34s} {'ms/step':>8s} {'overhead':>9s}")
     for name, cfg in cases.items():
-        cfg = cfg.replace(steps=steps, eval_every=0)
-
-        def wall(probes, cfg=cfg):
-            return train(cfg, probes=probes).metric("wall_time").iloc[-1]
-
-        wall(None), wall("standard")  # warm-up
-        times: dict[str | None, list[float]] = {None: [], "standard": []}
-        for _ in range(rounds):
-            for probes in times:
-                times[probes].append(wall(probes))
-        base, std = statistics.median(times[None]), statistics.median(times["standard"])
+        times = _step_loop_times(cfg.replace(steps=steps, eval_every=0),
+                                 {"none": None, "standard": "standard"}, rounds)
+        base, std = statistics.median(times["none"]), statistics.median(times["standard"])
         print(f"  {name:34s} {1e3 * base / steps:8.2f} {100 * (std / base - 1):8.1f}%")
 
 
