@@ -60,10 +60,10 @@ class TransformerConfig:
                              f"valid values: {', '.join(map(str, valid))}")
         if not 0.0 <= self.mix_fraction <= 1.0:
             raise ValueError(f"mix_fraction must be in [0, 1], got {self.mix_fraction!r}")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float))
-                                              and 0 < self.init_std < math.inf):
-            raise ValueError(f"init_std must be None (PyTorch's default init) or a finite number "
-                             f"> 0 (e.g. 0.02, GPT-2/LLaMA), got {self.init_std!r}")
+        if self.init_std is not None:  # None: PyTorch's default init; e.g. 0.02 (GPT-2/LLaMA)
+            check_positive("init_std", self.init_std)
+            if math.isinf(self.init_std):
+                raise ValueError(f"init_std must be finite (e.g. 0.02), got {self.init_std!r}")
         for name in ("vocab_size", "seq_len"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name), integer=True)
