@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig, build_model
+from workbench.probes._directions import restore_buffers, snapshot_buffers
 from workbench.probes.depth_variance import depth_variance
 
 LF = torch.nn.functional.cross_entropy
@@ -91,8 +92,82 @@ def test_skipping_an_identity_block_changes_nothing(mode):
     assert row["skip_loss_increase"] == 0.0
     assert row["block_output_variance"] == 0.0 and row["relative_update"] == 0.0
     assert row["angular_distance"] == pytest.approx(0.0, abs=1e-3)
+    assert row["jacobian_identity_distance"] == 0.0
     assert row["stream_in_variance"] == row["stream_out_variance"]
     assert (t.drop(index="blocks.2")["skip_loss_increase"].abs() > 0).all()
+
+
+def _explicit_jv(block, inp, v, buffers):
+    """J v from the block's explicit Jacobian (reverse mode, one row per output element)."""
+    def f(z):
+        restore_buffers(buffers)  # every evaluation from the same statistics, as the probe's
+        return block(z)
+    jac = torch.autograd.functional.jacobian(f, inp)
+    return (jac.reshape(-1, inp.numel()) @ v.reshape(-1)).reshape(jac.shape[:inp.dim()])
+
+
+@pytest.mark.parametrize("model_cfg, kind", [
+    (MLPConfig(depth=3, width=6, norm="batch", residual=True, in_dim=4, out_dim=3), "branch"),
+    (TransformerConfig(depth=3, d_model=8, heads=2, placement="pre", vocab_size=7, seq_len=4), "block"),
+    (TransformerConfig(depth=3, d_model=8, heads=2, placement="post", vocab_size=7, seq_len=4), "block"),
+    (ConvNetConfig(stages=2, channels=2, norm="batch", in_channels=2, out_dim=3), "block"),
+])
+def test_jacobian_identity_distance_matches_the_explicit_jacobian(model_cfg, kind):
+    """||J v - J_s v|| / ||J_s v|| against the blocks' explicit Jacobians (float64, train-mode
+    BatchNorm included: the Jacobian of the map on the whole batch), with the probe's own
+    directions: a generator seeded with ``seed``, one draw per block in order. The ConvNet's
+    second block changes shape: J_s is its projection shortcut's Jacobian."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg).double()
+    g = torch.Generator().manual_seed(1)
+    if kind == "branch":
+        x, y = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    elif isinstance(model_cfg, TransformerConfig):
+        x = y = torch.randint(0, 7, (2, 4), generator=g)
+    else:
+        x, y = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (3,), generator=g)
+    lf = (lambda out, t: LF(out.reshape(-1, 7), t.reshape(-1))) if x.dtype == torch.long else LF
+    t = _table(depth_variance(model, (x, y), lf, seed=5))
+    model.train()
+    buffers = snapshot_buffers(model)
+    seen = {}
+    blocks = model.named_blocks()
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, a[0].detach()))
+             for i, (_, b) in enumerate(blocks)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    gen = torch.Generator().manual_seed(5)
+    checked_shortcut = False
+    for i, (name, block) in enumerate(blocks):
+        inp = seen[i]
+        v = torch.randn(inp.shape, generator=gen, dtype=inp.dtype)
+        jv = _explicit_jv(block, inp, v, buffers)
+        through = v
+        if kind == "block" and hasattr(block, "shortcut") and not isinstance(block.shortcut, torch.nn.Identity):
+            through, checked_shortcut = _explicit_jv(block.shortcut, inp, v, buffers), True
+        expected = (jv if kind == "branch" else jv - through).norm() / through.norm()
+        assert t.loc[name, "jacobian_identity_distance"] == pytest.approx(float(expected), rel=1e-9)
+    assert checked_shortcut == isinstance(model_cfg, ConvNetConfig)
+
+
+def test_a_pre_ln_block_approaches_the_identity_as_the_stream_grows():
+    """The Curse of Depth's mechanism, exactly: a Pre-LN block x + F(LN(x)) sees LN(c x) = LN(x)
+    (up to LN's eps), so its branch Jacobian at c x is the one at x divided by c, and so is the
+    distance. Measured by the probe on a residual LN-MLP whose input is scaled by c."""
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(depth=1, width=16, norm="layer", residual=True, in_dim=16,
+                                  out_dim=3)).double()
+    with torch.no_grad():  # the stem passes x on unchanged: the block's input is c x
+        model.stem.weight.copy_(torch.eye(16))
+        model.stem.bias.zero_()
+    x, y = torch.randn(8, 16, dtype=torch.float64), torch.randint(0, 3, (8,))
+    dist = [_table(depth_variance(model, (c * x, y), LF)).loc["blocks.0", "jacobian_identity_distance"]
+            for c in (1.0, 10.0, 100.0)]
+    assert dist[0] > 0.1
+    assert dist[1] == pytest.approx(dist[0] / 10, rel=1e-4)  # LN eps = 1e-5 against Var ~ 1
+    assert dist[2] == pytest.approx(dist[0] / 100, rel=1e-4)
 
 
 @pytest.mark.parametrize("placement", ["pre", "post", "mix", "ln_scaling"])

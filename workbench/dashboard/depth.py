@@ -20,7 +20,7 @@ from ._session import page, plotly_pane
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
 METRICS = ("stream_out_variance", "grad_norm", "block_output_variance", "relative_update",
-           "angular_distance", "skip_loss_increase")
+           "angular_distance", "jacobian_identity_distance", "skip_loss_increase")
 
 
 class DepthLab(ProbeLab):

@@ -56,7 +56,28 @@ class _PowerFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, weight, _bias, inv_fwd, inv_bwd, ema_gz, backward_momentum = inputs
         ctx.save_for_backward(x, weight, inv_fwd, inv_bwd)
+        ctx.save_for_forward(x, weight, inv_fwd)
         ctx.ema_gz, ctx.backward_momentum = ema_gz, backward_momentum
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, dinv_fwd, *_):
+        """Forward mode is exact (the forward is affine in x; only the backward approximates):
+        the tangent of ``weight * x * inv_fwd + bias``."""
+        x, weight, inv_fwd = ctx.saved_tensors
+        dy = None
+        if dx is not None:
+            dy = dx * inv_fwd[:, None]
+        if dinv_fwd is not None:
+            term = x * dinv_fwd[:, None]
+            dy = term if dy is None else dy + term
+        if weight is not None:
+            dy = None if dy is None else dy * weight[:, None]
+            if dweight is not None:
+                term = x * inv_fwd[:, None] * dweight[:, None]
+                dy = term if dy is None else dy + term
+            if dbias is not None:
+                dy = dbias[:, None].expand_as(x) if dy is None else dy + dbias[:, None]
+        return dy if dy is not None else torch.zeros_like(x)
 
     @staticmethod
     def backward(ctx, dy):

@@ -12,6 +12,14 @@ the identity (Sun et al. 2025, "The Curse of Depth in LLMs"; Li et al. 2024, Mix
   ``relative_update``: ``||x_out - shortcut(x_in)|| / ||shortcut(x_in)||``;
 - ``grad_norm``: the norm of the loss gradient reaching the block's parameters;
 - ``angular_distance``: mean over examples (tokens) of ``arccos(cos(x_in, x_out)) / pi``;
+- ``jacobian_identity_distance``: ``||J v - J_s v|| / ||J_s v||`` for a random Gaussian direction
+  ``v`` (the shape of the block's input, the whole batch at once), where ``J`` is the Jacobian of
+  the block's map ``x_in -> x_out`` and ``J_s`` that of its shortcut (the identity, unless a
+  ConvNet block changes shape): how far the block is from passing a perturbation on unchanged,
+  0 for a block that adds nothing. For ``x_out = x_in + F(x_in)`` it is ``||J_F v|| / ||v||``;
+  a Pre-LN block's ``J_F`` shrinks like 1/std(x_in), which is why deep blocks approach the
+  identity. Jacobian-vector products in forward mode (BatchNorm in train mode included: the
+  Jacobian is that of the map on the whole batch, batch statistics and all);
 - ``skip_loss_increase``: ``L(block skipped) - L``; a skipped block passes its input on
   unchanged (through its projection shortcut where a ConvNet block changes shape).
 
@@ -25,6 +33,7 @@ import math
 
 import pandas as pd
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .._validate import check_choice
 from ..models import MLP, ConvNet, Transformer
@@ -33,8 +42,8 @@ from ._directions import MODES, restore_buffers, snapshot_buffers
 from ._tidy import tidy_frame
 
 METRICS = ["stream_in_variance", "stream_in_rms", "stream_out_variance", "stream_out_rms",
-           "block_output_variance", "relative_update", "angular_distance", "grad_norm",
-           "skip_loss_increase"]
+           "block_output_variance", "relative_update", "angular_distance",
+           "jacobian_identity_distance", "grad_norm", "skip_loss_increase"]
 
 
 def _structure(model) -> str:
@@ -55,7 +64,16 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() == 3 else x.flatten(1)
 
 
-def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
+def _jvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``J v`` for the Jacobian ``J`` of ``fn`` at ``x``: one forward pass in forward-mode AD
+    (exact: the Jacobian of the forward map, whatever a layer's backward approximates)."""
+    with fwAD.dual_level(), torch.no_grad():
+        out = fn(fwAD.make_dual(x, v))
+        jv = fwAD.unpack_dual(out).tangent
+    return torch.zeros_like(out) if jv is None else jv
+
+
+def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0) -> pd.DataFrame:
     """Residual-stream variance, block contribution, gradient and skip cost for every block.
 
     Args:
@@ -64,6 +82,8 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
         loss_fn: ``loss_fn(outputs, targets) -> scalar mean loss``.
         mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics); buffers are
             restored before every forward, so each skip sees the starting statistics.
+        seed: seeds the random directions of ``jacobian_identity_distance`` (a generator of the
+            probe's own: the global random state is not touched).
 
     Returns:
         Tidy rows ``probe, metric, layer, value, hvps, iters, converged``; ``layer`` is the
@@ -73,8 +93,9 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
         ValueError: the model has no residual blocks (a plain MLP, any other module).
 
     Note:
-        Cost: one forward and backward pass plus one forward per block (the skips), and the
-        blocks' inputs and outputs held in memory once.
+        Cost: one forward and backward pass plus one forward per block (the skips), and per
+        block one forward-mode pass of that block alone (about two forwards; the
+        Jacobian-vector product); the blocks' inputs and outputs held in memory once.
     """
     check_choice("mode", mode, MODES)
     structure = _structure(model)
@@ -102,6 +123,24 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
         per_block = [[p for p in b.parameters() if p.requires_grad] for _, b in blocks]
         flat = [p for ps in per_block for p in ps]
         grads = torch.autograd.grad(loss, flat, allow_unused=True) if flat else []
+        # how far each block's Jacobian is from its shortcut's, along a random direction
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        identity = []
+        for i, (_, block) in enumerate(blocks):
+            inp = seen[i][0]
+            v = torch.randn(inp.shape, generator=gen, device=inp.device, dtype=inp.dtype)
+            restore_buffers(buffers)
+            jv = _jvp(block, inp, v)
+            if structure == "branch":  # the block is the branch F itself: J_F v against v
+                through = v
+            elif hasattr(block, "shortcut"):
+                restore_buffers(buffers)
+                through = _jvp(block.shortcut, inp, v)
+            else:
+                through = v
+            if structure == "block":
+                jv = jv - through
+            identity.append(jv.norm() / through.norm().clamp_min(1e-30))
         stats, g_iter = [], iter(grads)
         with torch.no_grad():
             for i, (_, block) in enumerate(blocks):
@@ -120,7 +159,8 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFram
                     inp.var(unbiased=False), inp.square().mean().sqrt(),
                     stream_out.var(unbiased=False), stream_out.square().mean().sqrt(),
                     update.var(unbiased=False), update.norm() / base.norm().clamp_min(1e-30),
-                    torch.arccos(cos.clamp(-1, 1)).mean() / math.pi, g_sq.sqrt().to(inp.dtype)]))
+                    torch.arccos(cos.clamp(-1, 1)).mean() / math.pi, identity[i].detach(),
+                    g_sq.sqrt().to(inp.dtype)]))
             skips = []
             for _, block in blocks:
                 def skip(mod, args, out):
