@@ -78,6 +78,34 @@ def test_arena_trains_lanes_live_and_stops(page, live_server, screenshot):
     screenshot("error")
 
 
+_PLOTS_JS = """() => { const plots = [];
+    const walk = root => root.querySelectorAll('*').forEach(e => {
+        if (e.shadowRoot) walk(e.shadowRoot);
+        if (e.classList.contains('js-plotly-plot')) plots.push(e); });
+    walk(document); return plots; }"""
+
+
+def test_arena_plots_fit_the_window_and_keep_their_width_while_training(page, live_server, screenshot):
+    """Two layout regressions: the four lane forms in one row widened the page (and every
+    stretching plot) past a 1300 px window's right edge; and each plot's width flipped by 20 px
+    about once a second during a run (Panel's resize to the pane's outer box against Plotly's
+    own to the inner one), each flip a full redraw."""
+    _open(page, f"{live_server}/arena")
+    for label, value in (("Steps", 1500), ("Width", 256), ("Depth", 4)):
+        _set(page, label, value)
+    page.wait_for_timeout(500)
+    page.evaluate(f"""() => {{ const plots = ({_PLOTS_JS})(); window.__widths = [];
+        window.__sampler = setInterval(() => window.__widths.push(
+            plots.map(g => g._fullLayout ? g._fullLayout.width : null).join(',')), 30); }}""")
+    _train_button(page).click()
+    page.get_by_text("done: every lane has ended").wait_for(timeout=60_000)
+    widths = page.evaluate("() => { clearInterval(window.__sampler); return window.__widths; }")
+    assert len(widths) > 20 and len(set(widths)) == 1, sorted(set(widths))
+    right = page.evaluate(f"""() => ({_PLOTS_JS})().map(g => g.getBoundingClientRect().right)""")
+    assert len(right) == 3 and max(right) <= page.viewport_size["width"] - 10, right
+    screenshot("after-run")
+
+
 def test_arena_preset_runs_to_the_end(page, live_server, screenshot):
     _open(page, f"{live_server}/arena")
     page.get_by_role("combobox", name="Preset").select_option(

@@ -30,7 +30,7 @@ from ._jobs import (
     datasets_for,
     store_for,
 )
-from ._session import SessionApp, plotly_pane
+from ._session import FORM_WIDTH, SessionApp, plotly_pane
 
 
 class ProbeLab(SessionApp):
@@ -234,7 +234,7 @@ class ProbeLab(SessionApp):
 
     def view(self) -> pn.viewable.Viewable:
         form = pn.Param(self, parameters=list(self.controls), widgets=self.widgets(),
-                        show_name=False, width=280)
+                        show_name=False, width=FORM_WIDTH)
         return pn.Row(
             pn.Column(form, pn.Row(self.train_button, self.stop_button)),
             pn.Column(self.alert, self.status, self.progress, self.loss_plot, self.results_view(),

@@ -77,11 +77,20 @@ def page(title: str, body, *, template: bool = True):
                                         main_max_width="1600px", theme_toggle=False)
 
 
+# The control column's width: Panel's input widgets are 300 px wide plus their margins, whatever
+# a narrower ``pn.Param`` says, and would reach under the plots beside them.
+FORM_WIDTH = 320
+
+
 def plotly_pane(fig, **kw):
     """A Plotly pane that is redrawn only on an explicit ``param.trigger("object")``.
 
     ``link_figure=False``: otherwise Panel hooks every property set on the figure
     (``fig.data[0].x = ...``) and sends a full update for each, several per refresh.
+    No horizontal margin: with one, Panel sizes the plot to its outer element (margins
+    included) after every page layout while Plotly's own resize after every redraw sizes it to
+    the inner one, so a stretching plot jumped 20 px in width about once a second during a run,
+    each jump a full redraw.
     """
-    kw = {"sizing_mode": "stretch_width", "config": {"displaylogo": False}, **kw}
+    kw = {"sizing_mode": "stretch_width", "config": {"displaylogo": False}, "margin": (5, 0), **kw}
     return pn.pane.Plotly(fig, link_figure=False, **kw)

@@ -32,7 +32,7 @@ from ._jobs import (
     datasets_for,
     store_for,
 )
-from ._session import SessionApp, page, plotly_pane
+from ._session import FORM_WIDTH, SessionApp, page, plotly_pane
 from .presets import PRESETS
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
@@ -336,7 +336,7 @@ class Arena(SessionApp):
                           widgets={"steps": pn.widgets.IntInput, "width": pn.widgets.IntInput,
                                    "depth": pn.widgets.IntInput, "probe_every": pn.widgets.IntInput,
                                    "probes": pn.widgets.CheckBoxGroup},
-                          show_name=False, width=280)
+                          show_name=False, width=FORM_WIDTH)
         cards = []
         for i, lane in enumerate(self.lanes):
             form = pn.Param(lane, show_name=False, sizing_mode="stretch_width", widgets={
@@ -344,13 +344,15 @@ class Arena(SessionApp):
                 "virtual_batch": pn.widgets.IntInput, "warmup_steps": pn.widgets.IntInput,
                 "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput})
             cards.append(pn.Card(self.lane_status[i], self.progress[i], form,
-                                 title=f"Lane {i + 1}", sizing_mode="stretch_width"))
+                                 title=f"Lane {i + 1}", width=FORM_WIDTH + 20))
         return pn.Column(
             pn.Row(pn.Column(shared, pn.Row(self.train_button, self.stop_button)),
                    pn.Column(self.alert, self.status, self.preset_doc, self.loss_plot,
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             pn.Row(self.acc_plot, self.probe_plot, sizing_mode="stretch_width"),
-            pn.Row(*cards, sizing_mode="stretch_width"),
+            # the lanes wrap where four forms do not fit side by side (in a row they widened the
+            # page, and every stretching plot with it, past the window's right edge)
+            pn.FlexBox(*cards, flex_wrap="wrap", sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
 
 

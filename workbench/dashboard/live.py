@@ -31,7 +31,7 @@ from ._jobs import (  # noqa: E402
     datasets_for,
     norms_for,
 )
-from ._session import SessionApp  # noqa: E402
+from ._session import FORM_WIDTH, SessionApp, plotly_pane  # noqa: E402
 
 
 class LiveTraining(SessionApp):
@@ -58,8 +58,7 @@ class LiveTraining(SessionApp):
         self._config: TrainConfig | None = None
 
         self.figure = live_loss_figure(log_y=self.log_y)
-        self.plot = pn.pane.Plotly(self.figure, height=380, sizing_mode="stretch_width", link_figure=False,
-                                   config={"displaylogo": False})
+        self.plot = plotly_pane(self.figure, height=380)
         self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
                                                sizing_mode="stretch_width")
         self.status.object = "idle: choose a model and press **Train**"
@@ -68,7 +67,7 @@ class LiveTraining(SessionApp):
                               "seed", "log_y"],
             widgets={"batch_size": pn.widgets.IntInput, "steps": pn.widgets.IntInput,
                      "lr": pn.widgets.FloatInput, "seed": pn.widgets.IntInput},
-            show_name=False, width=300)
+            show_name=False, width=FORM_WIDTH)
 
     # -- choices follow the model --------------------------------------------------------------
     @param.depends("model", watch=True)
