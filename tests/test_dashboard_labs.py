@@ -87,6 +87,7 @@ def test_stop_within_a_second(cls, tmp_path):
     (CurvatureLab, {"batch_size": 5000}, "batch size must be at most"),
     (DepthLab, {"placements": []}, "at least one LN placement"),
     (DepthLab, {"norm": "group"}, "unknown transformer norm"),
+    (DepthLab, {"depth": 3}, "Mix-LN at depth 3 has no Post-LN block"),
     (LandscapeLab, {"grid": 1000}, "grid points per axis"),
     (LandscapeLab, {"lr": -1.0}, "lr must be > 0"),
 ])

@@ -45,6 +45,11 @@ class DepthLab(ProbeLab):
     def validate(self) -> None:
         if not self.placements:
             raise ValueError("pick at least one LN placement")
+        if "mix" in self.placements:
+            if self.model_config(placement="mix").num_post_blocks == 0:
+                raise ValueError(f"Mix-LN at depth {self.depth} has no Post-LN block (the first "
+                                 f"floor(0.25 x {self.depth}) = 0 blocks are Post-LN): it would "
+                                 "be Pre-LN twice; use depth 4 or more, or drop mix")
         if not isinstance(self.probe_every, int) or not 1 <= self.probe_every <= self.steps:
             raise ValueError(f"probe every must be between 1 and steps={self.steps}, "
                              f"got {self.probe_every!r}")
