@@ -30,7 +30,7 @@ from ._jobs import (
     datasets_for,
     store_for,
 )
-from ._session import FORM_WIDTH, SessionApp, plotly_pane
+from ._session import SessionApp, param_form, plotly_pane
 
 
 class ProbeLab(SessionApp):
@@ -233,8 +233,7 @@ class ProbeLab(SessionApp):
                 "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput}
 
     def view(self) -> pn.viewable.Viewable:
-        form = pn.Param(self, parameters=list(self.controls), widgets=self.widgets(),
-                        show_name=False, width=FORM_WIDTH)
+        form = param_form(self, list(self.controls), self.widgets())
         return pn.Row(
             pn.Column(form, pn.Row(self.train_button, self.stop_button)),
             pn.Column(self.alert, self.status, self.progress, self.loss_plot, self.results_view(),

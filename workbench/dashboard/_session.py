@@ -6,6 +6,8 @@ without a served document there is no loop). Closing the tab calls ``stop()``.
 """
 from __future__ import annotations
 
+import html
+
 import panel as pn
 
 from ._jobs import refresh_callback, session_bound
@@ -80,6 +82,41 @@ def page(title: str, body, *, template: bool = True):
 # The control column's width: Panel's input widgets are 300 px wide plus their margins, whatever
 # a narrower ``pn.Param`` says, and would reach under the plots beside them.
 FORM_WIDTH = 320
+
+
+# Panel draws no name above these (holoviz/panel#1313): a group of buttons "4 8 16" or "1 2"
+# would sit in a form without saying what it chooses.
+GROUP_WIDGETS = (pn.widgets.CheckBoxGroup, pn.widgets.CheckButtonGroup, pn.widgets.RadioBoxGroup,
+                 pn.widgets.RadioButtonGroup)
+
+
+def param_form(obj, parameters, widgets: dict, *, width: int = FORM_WIDTH) -> pn.Column:
+    """``pn.Param(obj, parameters=..., widgets=...)`` as a column, except that every parameter
+    shown as a button or box group gets its label above it (its ``doc`` as a hover title)."""
+    pieces, run = [], []
+
+    def flush():
+        if run:
+            pieces.append(pn.Param(obj, parameters=list(run), widgets={k: widgets[k] for k in run
+                                                                        if k in widgets},
+                                   show_name=False, width=width))
+            run.clear()
+
+    for name in parameters:
+        spec = widgets.get(name)
+        kind = spec.get("type") if isinstance(spec, dict) else spec
+        if isinstance(kind, type) and issubclass(kind, GROUP_WIDGETS):
+            flush()
+            options = {k: v for k, v in spec.items() if k != "type"} if isinstance(spec, dict) else {}
+            p = obj.param[name]
+            label = pn.pane.HTML(f'<label title="{html.escape(p.doc or "")}">'
+                                 f"{html.escape(p.label)}</label>", margin=(5, 10, 0, 10))
+            pieces.append(pn.Column(label, kind.from_param(p, **options), width=width,
+                                    margin=(0, 10)))  # aligned with pn.Param's widget box
+        else:
+            run.append(name)
+    flush()
+    return pn.Column(*pieces, width=width + 20, margin=0)  # the pieces bring their margins
 
 
 def plotly_pane(fig, **kw):

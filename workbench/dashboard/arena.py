@@ -32,7 +32,7 @@ from ._jobs import (
     datasets_for,
     store_for,
 )
-from ._session import FORM_WIDTH, SessionApp, page, plotly_pane
+from ._session import FORM_WIDTH, SessionApp, page, param_form, plotly_pane
 from .presets import PRESETS
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
@@ -128,7 +128,7 @@ class Arena(SessionApp):
     steps = param.Integer(default=200, doc=f"optimizer steps per lane (at most {MAX_STEPS})")
     width = param.Integer(default=32, doc="MLP width / ConvNet channels / transformer d_model")
     depth = param.Integer(default=2, doc="MLP layers / ConvNet stages / transformer blocks")
-    probes = param.ListSelector(default=[], objects=list(ARENA_PROBES))
+    probes = param.ListSelector(default=[], objects=list(ARENA_PROBES), label="Probes")
     probe_every = param.Integer(default=20, doc="steps between probe measurements")
     log_y = param.Boolean(default=True, label="Log-scale loss axis")
 
@@ -331,12 +331,11 @@ class Arena(SessionApp):
 
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
-        shared = pn.Param(self, parameters=["preset", "steps", "width", "depth", "probes",
-                                            "probe_every", "log_y"],
-                          widgets={"steps": pn.widgets.IntInput, "width": pn.widgets.IntInput,
-                                   "depth": pn.widgets.IntInput, "probe_every": pn.widgets.IntInput,
-                                   "probes": pn.widgets.CheckBoxGroup},
-                          show_name=False, width=FORM_WIDTH)
+        shared = param_form(self, ["preset", "steps", "width", "depth", "probes", "probe_every",
+                                   "log_y"],
+                            {"steps": pn.widgets.IntInput, "width": pn.widgets.IntInput,
+                             "depth": pn.widgets.IntInput, "probe_every": pn.widgets.IntInput,
+                             "probes": pn.widgets.CheckBoxGroup})
         cards = []
         for i, lane in enumerate(self.lanes):
             form = pn.Param(lane, show_name=False, sizing_mode="stretch_width", widgets={

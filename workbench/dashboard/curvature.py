@@ -69,7 +69,7 @@ class CurvatureLab(ProbeLab):
         return pn.GridBox(*self.plots, ncols=2, sizing_mode="stretch_width")
 
     def widgets(self) -> dict:
-        return {**super().widgets(), "batch_sizes": pn.widgets.CheckButtonGroup,
+        return {**super().widgets(), "batch_sizes": pn.widgets.MultiChoice,
                 "num_batches": pn.widgets.IntInput, "max_iter": pn.widgets.IntInput}
 
 

@@ -26,7 +26,8 @@ METRICS = ("stream_out_variance", "grad_norm", "block_output_variance", "relativ
 class DepthLab(ProbeLab):
     """Per-block variance and gradients through training, one run per LN placement."""
 
-    placements = param.ListSelector(default=list(PLACEMENTS), objects=list(PLACEMENTS))
+    placements = param.ListSelector(default=list(PLACEMENTS), objects=list(PLACEMENTS),
+                                    label="LN placements")
     probe_every = param.Integer(default=10, doc="steps between measurements")
     metric = param.Selector(objects=list(METRICS), default="stream_out_variance")
 
