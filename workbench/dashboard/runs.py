@@ -140,7 +140,8 @@ class RunBrowser(SessionApp):
     def view(self) -> pn.viewable.Viewable:
         form = pn.Param(self, parameters=["query", "status_filter", "selected", "metric", "probe",
                                           "log_y"],
-                        widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10}},
+                        widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10,
+                                              "width": 360}},  # room for the run descriptions
                         show_name=False, width=380)
         return pn.Row(
             pn.Column(form, pn.Row(self.reload_button, self.select_all),
