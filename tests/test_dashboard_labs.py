@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("panel")
@@ -35,6 +36,10 @@ def test_curvature_draws_spectra_lambda_law_lr_and_trace(tmp_path):
     assert lab.status.object == "done: finished" and not lab.alert.visible
     density, lam, lr, trace = (p.object for p in lab.plots)
     assert len(density.data) == 4  # three batch sizes + the full data
+    # log density axis, every value at or above the floor (1e-5 of the peak) so none is dropped
+    assert density.layout.yaxis.type == "log"
+    ys = np.concatenate([np.asarray(t.y, dtype=float) for t in density.data])
+    assert ys.min() >= ys.max() * 1e-5 * (1 - 1e-12) and ys.min() > 0
     assert list(lam.data[0].x) == [8, 32, 128] and "fit" in lam.data[1].name
     assert all(v > 0 for v in lr.data[0].y) and len(trace.data[0].x) == 3
     assert len(lab.loss_fig.data[0].x) == 30

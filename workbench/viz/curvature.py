@@ -30,18 +30,26 @@ def _layout(fig, title, x, y, log_x=True):
     return fig
 
 
-def density_figure(frame: pd.DataFrame):
-    """Overlaid spectral densities, one line per batch size (the full data dashed)."""
+def density_figure(frame: pd.DataFrame, *, floor: float = 1e-5):
+    """Overlaid spectral densities, one line per batch size (the full data dashed), on a log
+    axis as in Ghorbani et al. and PyHessian: on a linear one the bulk near zero is one spike and
+    the outliers, where the batch sizes differ, are invisible. Values below ``floor`` times the
+    highest density are drawn at that floor."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     rows = frame[frame["metric"] == "density"]
     full = frame["batch_size"].max() if len(frame) else None
+    top = float(rows["value"].max()) if len(rows) else float("nan")
+    low = top * floor if np.isfinite(top) and top > 0 else None
     for b, group in rows.groupby("batch_size", sort=True):
         group = group.sort_values("eigenvalue")
-        fig.add_trace(go.Scatter(x=group["eigenvalue"], y=group["value"], mode="lines",
+        y = group["value"].clip(lower=low) if low is not None else group["value"]
+        fig.add_trace(go.Scatter(x=group["eigenvalue"], y=y, mode="lines",
                                  name="full data" if b == full else f"B={int(b)}",
                                  line={"dash": "dash"} if b == full else {}))
+    if low is not None:
+        fig.update_yaxes(type="log", range=[np.log10(low), np.log10(top) + 0.3])
     return _layout(fig, "Hessian spectral density per batch size", "eigenvalue", "density",
                    log_x=False)
 
