@@ -124,21 +124,17 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         flat = [p for ps in per_block for p in ps]
         grads = torch.autograd.grad(loss, flat, allow_unused=True) if flat else []
         # how far each block's Jacobian is from its shortcut's, along a random direction
-        gen = torch.Generator(device=x.device).manual_seed(seed)
+        gen = torch.Generator(device=seen[0][0].device).manual_seed(seed)
         identity = []
         for i, (_, block) in enumerate(blocks):
             inp = seen[i][0]
             v = torch.randn(inp.shape, generator=gen, device=inp.device, dtype=inp.dtype)
             restore_buffers(buffers)
-            jv = _jvp(block, inp, v)
-            if structure == "branch":  # the block is the branch F itself: J_F v against v
-                through = v
-            elif hasattr(block, "shortcut"):
-                restore_buffers(buffers)
-                through = _jvp(block.shortcut, inp, v)
-            else:
-                through = v
-            if structure == "block":
+            jv, through = _jvp(block, inp, v), v  # "branch": the block is F, J_F v against v
+            if structure == "block":  # J v - J_s v against J_s v (J_s = I without a projection)
+                if hasattr(block, "shortcut"):
+                    restore_buffers(buffers)
+                    through = _jvp(block.shortcut, inp, v)
                 jv = jv - through
             identity.append(jv.norm() / through.norm().clamp_min(1e-30))
         stats, g_iter = [], iter(grads)
