@@ -29,6 +29,7 @@ ln_scaling). Track it through training: at initialization the growth is only lin
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -64,13 +65,13 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() == 3 else x.flatten(1)
 
 
-def _jvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``J v`` for the Jacobian ``J`` of ``fn`` at ``x``: one forward pass in forward-mode AD
-    (exact: the Jacobian of the forward map, whatever a layer's backward approximates)."""
+def _jvp(fn, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fn(x), J v)`` for the Jacobian ``J`` of ``fn`` at ``x``: one forward pass in
+    forward-mode AD (exact: the Jacobian of the forward map, whatever a layer's backward
+    approximates)."""
     with fwAD.dual_level(), torch.no_grad():
-        out = fn(fwAD.make_dual(x, v))
-        jv = fwAD.unpack_dual(out).tangent
-    return torch.zeros_like(out) if jv is None else jv
+        primal, tangent = fwAD.unpack_dual(fn(fwAD.make_dual(x, v)))
+    return primal, torch.zeros_like(primal) if tangent is None else tangent
 
 
 def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0) -> pd.DataFrame:
@@ -123,29 +124,22 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         per_block = [[p for p in b.parameters() if p.requires_grad] for _, b in blocks]
         flat = [p for ps in per_block for p in ps]
         grads = torch.autograd.grad(loss, flat, allow_unused=True) if flat else []
-        # how far each block's Jacobian is from its shortcut's, along a random direction
         gen = torch.Generator(device=seen[0][0].device).manual_seed(seed)
-        identity = []
-        for i, (_, block) in enumerate(blocks):
-            inp = seen[i][0]
-            v = torch.randn(inp.shape, generator=gen, device=inp.device, dtype=inp.dtype)
-            restore_buffers(buffers)
-            jv, through = _jvp(block, inp, v), v  # "branch": the block is F, J_F v against v
-            if structure == "block":  # J v - J_s v against J_s v (J_s = I without a projection)
-                if hasattr(block, "shortcut"):
-                    restore_buffers(buffers)
-                    through = _jvp(block.shortcut, inp, v)
-                jv = jv - through
-            identity.append(jv.norm() / through.norm().clamp_min(1e-30))
         stats, g_iter = [], iter(grads)
         with torch.no_grad():
             for i, (_, block) in enumerate(blocks):
                 inp, out = seen[i]
-                if structure == "branch":
-                    base, stream_out = inp, inp + out
-                else:
+                # how far the block's Jacobian is from its shortcut's, along a random direction
+                v = torch.randn(inp.shape, generator=gen, device=inp.device, dtype=inp.dtype)
+                restore_buffers(buffers)
+                _, jv = _jvp(block, inp, v)
+                if structure == "branch":  # the block is the branch F: J_F v against v
+                    base, stream_out, through = inp, inp + out, v
+                else:  # the shortcut's output and J_s v from one pass (J_s = I without one)
                     restore_buffers(buffers)
-                    base, stream_out = shortcut(block, inp), out
+                    base, through = _jvp(functools.partial(shortcut, block), inp, v)
+                    stream_out, jv = out, jv - through
+                identity = jv.norm() / through.norm().clamp_min(1e-30)
                 update = stream_out - base
                 a, b = _rows(base), _rows(stream_out)
                 cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
@@ -155,7 +149,7 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
                     inp.var(unbiased=False), inp.square().mean().sqrt(),
                     stream_out.var(unbiased=False), stream_out.square().mean().sqrt(),
                     update.var(unbiased=False), update.norm() / base.norm().clamp_min(1e-30),
-                    torch.arccos(cos.clamp(-1, 1)).mean() / math.pi, identity[i].detach(),
+                    torch.arccos(cos.clamp(-1, 1)).mean() / math.pi, identity,
                     g_sq.sqrt().to(inp.dtype)]))
             skips = []
             for _, block in blocks:
