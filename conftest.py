@@ -1,4 +1,5 @@
-"""Repo-wide pytest fixtures: a live app served in-process for HTTP and browser tests."""
+"""Repo-wide pytest fixtures: a live app served in-process for HTTP and browser tests; torch at
+one intra-op thread for a module."""
 from __future__ import annotations
 
 import socket
@@ -11,6 +12,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for the module's tests (restored after): tiny tensors gain
+    nothing from more, and a training process runs at one, so results compared with one match
+    bit for bit (a plain ``pytest`` runs at the machine's count; ``make test`` pins 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -41,19 +41,8 @@ def run_job(job, timeout=60.0):
     return points + p, frames + f
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread here, as in the training process: the same reductions, the same
-    bits (a plain ``pytest`` run has the machine's thread count; ``make test`` pins 1)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_process_and_thread_jobs_stream_the_same_run(one_thread):
+    # one_thread: the thread job at the training process's thread count, so the same bits
     probes = {"channel_health": PROBES["channel_health"], "smoothness_small": PROBES["smoothness_small"],
               "pid": pid_probe}
     out = {}

@@ -41,13 +41,8 @@ CASES = [pytest.param(name, layout, opts, id=f"{name}-{layout}-{'-'.join(map(str
          for opts in VARIANTS.get(name, [{}])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add OpenMP hand-offs (30 ms per op on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: intra-op threads only add OpenMP hand-offs (30 ms per op on a busy box).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_input(layout: str, seed: int, shape=None) -> torch.Tensor:
