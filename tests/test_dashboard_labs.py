@@ -41,6 +41,7 @@ def test_curvature_draws_spectra_lambda_law_lr_and_trace(tmp_path):
     ys = np.concatenate([np.asarray(t.y, dtype=float) for t in density.data])
     assert ys.min() >= ys.max() * 1e-5 * (1 - 1e-12) and ys.min() > 0
     assert list(lam.data[0].x) == [8, 32, 128] and "fit" in lam.data[1].name
+    assert lam.layout.yaxis.type == "log" and min(lam.data[1].y) > 0  # fit on relative residuals
     assert all(v > 0 for v in lr.data[0].y) and len(trace.data[0].x) == 3
     assert len(lab.loss_fig.data[0].x) == 30
 

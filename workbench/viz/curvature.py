@@ -63,14 +63,22 @@ def lambda_max_figure(frame: pd.DataFrame):
                                name="mini-batch λ_max",
                                error_y={"type": "data", "array": std["value"].tolist()}))
     a, c = _scalar(frame, "fit_lambda_full"), _scalar(frame, "fit_c")
+    drawn = [mean["value"].to_numpy(float)]
     if len(mean) and np.isfinite(a) and np.isfinite(c):
         bs = np.geomspace(mean["batch_size"].min(), frame["batch_size"].max(), 50)
-        fig.add_trace(go.Scatter(x=bs, y=a + c / bs, mode="lines", name=f"fit {a:.3g} + {c:.3g}/B",
+        drawn.append(a + c / bs)
+        fig.add_trace(go.Scatter(x=bs, y=drawn[-1], mode="lines", name=f"fit {a:.3g} + {c:.3g}/B",
                                  line={"dash": "dot"}))
     full = _scalar(frame, "lambda_max")
     if np.isfinite(full):
         fig.add_hline(y=full, line_dash="dash", annotation_text=f"full data {full:.3g}")
-    return _layout(fig, "λ_max vs batch size", "batch size B", "λ_max")
+    _layout(fig, "λ_max vs batch size", "batch size B", "λ_max")
+    # log y where everything drawn is positive: λ_max spans decades between B=8 and the full
+    # data, and the fit (on relative residuals) is judged on this scale
+    values = np.concatenate([*drawn, [full] if np.isfinite(full) else []])
+    if len(values) and (values > 0).all():
+        fig.update_yaxes(type="log")
+    return fig
 
 
 def stable_lr_figure(frame: pd.DataFrame):
