@@ -163,6 +163,29 @@ def test_metric_curves_draws_one_line_per_run_and_marks_divergence():
         metric_curves(frame, color="norm")
 
 
+def test_smoothing_is_a_debiased_ema_drawn_over_the_faint_raw_line():
+    import pandas as pd
+
+    from workbench.viz import metric_curves
+    from workbench.viz.curves import smooth_ema
+
+    # weights 1/4, 1/2, 1 over the finite values so far, normalized: (1/4 + 3/2 + 5) / (7/4)
+    assert smooth_ema([1.0, 3.0, float("nan"), 5.0], 0.5) == pytest.approx([1.0, 7 / 3, None, 27 / 7])
+    assert smooth_ema([2.0] * 4, 0.9) == pytest.approx([2.0] * 4)  # debiased: no ramp from 0
+    assert smooth_ema([1.0, 4.0], 0.0) == [1.0, 4.0]
+    rows = [(r, s, "train", "loss", "", float(s % 2)) for r in "ab" for s in range(6)]
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "probe", "metric", "layer", "value"])
+    fig = metric_curves(frame, smoothing=0.6)
+    raw_a, smooth_a, raw_b, smooth_b = fig.data
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b"]
+    assert raw_a.opacity == 0.25 and raw_a.line.color == smooth_a.line.color != smooth_b.line.color
+    assert list(raw_b.y) == [0, 1, 0, 1, 0, 1]
+    assert list(smooth_b.y) == pytest.approx(smooth_ema(raw_b.y, 0.6))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
+            metric_curves(frame, smoothing=bad)
+
+
 def test_all_slots_busy_is_a_message_not_a_queue(live, monkeypatch):
     from workbench.dashboard import _jobs
 

@@ -37,8 +37,15 @@ def test_lists_filters_and_compares(store_root):
     b.select_shown()
     lines = [t for t in b.plot.object.data if t.mode == "lines"]
     markers = [t for t in b.plot.object.data if t.mode == "markers"]
-    assert len(lines) == 3 and len(markers) == 1  # the diverged run is marked
+    assert len(markers) == 1  # the diverged run is marked
+    # smoothed by default (0.6): each run's line over its faint raw values
+    assert len(lines) == 6 and sum(t.opacity == 0.25 for t in lines) == 3
+    b.smoothing = 0.0
+    assert len([t for t in b.plot.object.data if t.mode == "lines"]) == 3
     assert "3 selected" in b.status.object
+    # how runs ended comes right after their id (the table scrolls sideways at 1300 px)
+    assert list(b.table.value.columns[:4]) == ["run_id", "status", "final_loss", "test_accuracy"]
+    assert b.table.frozen_columns == ["run_id"]
     b.metric = "accuracy"
     assert b.plot.object.layout.yaxis.title.text == "accuracy"
 

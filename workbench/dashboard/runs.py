@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models.widgets.tables import NumberFormatter
 
 from ..store import RunStore
 from ..store.run import STATUSES
@@ -21,6 +22,9 @@ from ._session import SessionApp, page, plotly_pane
 
 SEARCHED = ("run_id", "model", "norm", "dataset", "optimizer", "status")
 MAX_QUERY = 100
+# the table's column order: what tells runs apart and how they ended first, bookkeeping last
+COLUMNS = ("run_id", "status", "final_loss", "test_accuracy", "model", "norm", "dataset",
+           "optimizer", "batch_size", "lr", "steps", "seed", "wall_time", "started_at")
 
 
 def _label(row) -> str:
@@ -37,13 +41,21 @@ class RunBrowser(SessionApp):
                                      "batch_size"], default="loss")
     probe = param.Selector(objects=["train", "eval"], default="train", label="Rows")
     log_y = param.Boolean(default=True, label="Log-scale y axis")
+    smoothing = param.Number(default=0.6, bounds=(0.0, 0.99), step=0.01,
+                             doc="EMA weight, as TensorBoard's slider; the raw curve stays faint "
+                                 "behind (0: raw only)")
 
     def __init__(self, store_root: str | Path = "data/runs", **params):
         super().__init__(**params)
         self.store = RunStore(store_root)
         self.summary = pd.DataFrame(columns=list(SEARCHED))
+        # run_id stays in view when the table scrolls sideways; losses with 4 decimals
         self.table = pn.widgets.Tabulator(self.summary, disabled=True, show_index=False,
-                                          height=260, sizing_mode="stretch_width", pagination=None)
+                                          height=260, sizing_mode="stretch_width", pagination=None,
+                                          frozen_columns=["run_id"], formatters={
+                                              "final_loss": NumberFormatter(format="0.0000"),
+                                              "test_accuracy": NumberFormatter(format="0.000"),
+                                              "wall_time": NumberFormatter(format="0.0")})
         self.plot = plotly_pane(metric_curves(pd.DataFrame(
             columns=["run_id", "step", "probe", "metric", "layer", "value"])), height=380,
             sizing_mode="stretch_width", config={"displaylogo": False})
@@ -83,7 +95,7 @@ class RunBrowser(SessionApp):
             self.show_error(f"the filter is {len(self.query)} characters long; at most {MAX_QUERY}")
             return
         df = self.shown()
-        self.table.value = df.reset_index(drop=True)
+        self.table.value = df[[c for c in COLUMNS if c in df]].reset_index(drop=True)
         ids = df["run_id"].tolist() if len(df) else []
         labels = {_label(r): r.run_id for r in df.itertuples()} if len(df) else {}
         self.param.selected.objects = labels
@@ -111,12 +123,13 @@ class RunBrowser(SessionApp):
         facts = self.summary[["run_id", "status", "model", "norm", "batch_size", "optimizer"]]
         return rows.merge(facts, on="run_id", how="left")
 
-    @param.depends("selected", "metric", "probe", "log_y", watch=True)
+    @param.depends("selected", "metric", "probe", "log_y", "smoothing", watch=True)
     def draw(self) -> None:
         frame = self.frame()
         status = dict(zip(self.summary.get("run_id", []), self.summary.get("status", []), strict=False))
         fig = metric_curves(frame, metric=self.metric, probe=self.probe, log_y=self.log_y,
-                            status=status, title=f"{self.metric} ({self.probe}) of {len(self.selected)} runs")
+                            status=status, smoothing=self.smoothing,
+                            title=f"{self.metric} ({self.probe}) of {len(self.selected)} runs")
         self.plot.object = fig
         self.status.object = (f"{len(self.shown())} of {len(self.summary)} stored runs shown, "
                               f"{len(self.selected)} selected")
@@ -139,7 +152,7 @@ class RunBrowser(SessionApp):
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
         form = pn.Param(self, parameters=["query", "status_filter", "selected", "metric", "probe",
-                                          "log_y"],
+                                          "log_y", "smoothing"],
                         widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10,
                                               "width": 360}},  # room for the run descriptions
                         show_name=False, width=380)

@@ -38,9 +38,31 @@ def diverged_marker(step: float, value: float, *, name: str = "diverged", showle
                       hovertemplate=f"{name} at step %{{x}}<extra></extra>")
 
 
+def smooth_ema(values: Sequence[float], weight: float) -> list[float | None]:
+    """TensorBoard's smoothing: a debiased exponential moving average,
+    ``m_k = weight * m_{k-1} + (1 - weight) * v_k`` shown as ``m_k / (1 - weight**n_k)`` with
+    ``n_k`` the finite values seen so far (so the first point is the first value, not a fraction
+    of it). NaN/inf values are skipped and come back as ``None`` (a gap); ``weight`` 0 returns the
+    values unchanged.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {weight!r}")
+    out: list[float | None] = []
+    m, n = 0.0, 0
+    for v in values:
+        v = float(v)
+        if not math.isfinite(v):
+            out.append(None)
+            continue
+        m, n = weight * m + (1 - weight) * v, n + 1
+        out.append(m / (1 - weight ** n))
+    return out
+
+
 def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train",
                   color: str = "run_id", log_y: bool = False,
-                  status: Mapping[str, str] | None = None, title: str | None = None):
+                  status: Mapping[str, str] | None = None, title: str | None = None,
+                  smoothing: float = 0.0):
     """One line per value of ``color`` for ``metric`` against ``step``.
 
     Args:
@@ -54,12 +76,18 @@ def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train
         status: ``{run_id: status}``; runs whose status is ``diverged`` get a red ``x`` at their
             last step, drawn at the last finite value.
         title: figure title; defaults to ``"<metric> (<probe>)"``.
+        smoothing: weight in [0, 1) of :func:`smooth_ema` (as TensorBoard's slider). Above 0
+            each line is drawn smoothed, over its raw values in the same colour, faint and
+            without a legend entry of its own; 0 draws the raw values only.
 
     Returns:
         A ``plotly.graph_objects.Figure``.
     """
+    import plotly.colors
     import plotly.graph_objects as go
 
+    smooth_ema([], smoothing)  # a bad weight fails before any drawing
+    palette = plotly.colors.qualitative.Plotly
     for col in ("step", "probe", "metric", "value", color):
         if col not in frame.columns:
             raise ValueError(f"frame has no column {col!r}; columns: {', '.join(map(str, frame.columns))}")
@@ -68,12 +96,22 @@ def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train
     if "layer" in rows.columns and color != "layer" and rows["layer"].fillna("").nunique() > 1:
         keys.append("layer")
     fig = go.Figure()
-    for key, group in rows.sort_values("step", kind="stable").groupby(keys, sort=True, dropna=False):
+    groups = rows.sort_values("step", kind="stable").groupby(keys, sort=True, dropna=False)
+    for k, (key, group) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
-        name = " / ".join(str(k) for k in key if pd.notna(k) and k != "")
+        name = " / ".join(str(k) for k in key if pd.notna(k) and k != "") or metric
+        x, values = group["step"].tolist(), group["value"].astype(float).tolist()
         # NaN/inf are not JSON: show them as gaps, the diverged marker says what happened.
-        y = [v if math.isfinite(v) else None for v in group["value"].astype(float)]
-        fig.add_trace(go.Scatter(x=group["step"].tolist(), y=y, mode="lines", name=name or metric))
+        raw = [v if math.isfinite(v) else None for v in values]
+        line = {"color": palette[k % len(palette)]}
+        if smoothing:
+            fig.add_trace(go.Scatter(x=x, y=raw, mode="lines", name=f"{name} (raw)", line=line,
+                                     opacity=0.25, legendgroup=name, showlegend=False,
+                                     hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=x, y=smooth_ema(values, smoothing), mode="lines",
+                                     name=name, line=line, legendgroup=name))
+        else:
+            fig.add_trace(go.Scatter(x=x, y=raw, mode="lines", name=name, line=line))
     if status:
         shown = False
         for run_id, group in rows.sort_values("step", kind="stable").groupby("run_id", sort=True):
