@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -94,8 +96,8 @@ print(probe.pivot(index="step", columns="layer", values="value").iloc[[0, -1]].r
 
 # %% [markdown]
 # ## Save and reload
-# `RunStore` writes each run as JSON config + Parquet rows, atomically; `load()` brings every run
-# back as one frame.
+# `RunStore` writes each run as JSON config + Parquet rows + final weights, atomically; `load()`
+# brings every run back as one frame, `restore(run_id)` one run with its trained model.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -105,8 +107,25 @@ store = RunStore(tempfile.mkdtemp())
 for run in runs.values():
     store.save(run)
 back = store.get(bn.run_id)
-assert back.frame.equals(bn.frame.reset_index(drop=True)) or len(back.frame) == len(bn.frame)
+pd.testing.assert_frame_equal(back.frame, bn.frame.reset_index(drop=True), check_dtype=False)
 print(store.summary()[["status", "norm", "batch_size", "lr", "steps"]].to_string(index=False))
+
+# %% [markdown]
+# Any probe runs on a restored model, here or later in another session (or from the shell:
+# `python -m workbench probe RUN_ID hessian_top_eigs`): the model is rebuilt from the config,
+# its final weights (BatchNorm's running statistics included) loaded, the data regenerated.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from workbench.probes import hessian_top_eigs  # noqa: E402
+
+restored = store.restore(bn.run_id)
+test_set = (restored.dataset.x_test, restored.dataset.y_test)
+eigs = {name: hessian_top_eigs(model, test_set, restored.dataset.loss_fn, k=1)
+        for name, model in (("restored", restored.model), ("in memory", bn.model))}
+lam = {name: e.loc[e.metric == "eigenvalue", "value"].item() for name, e in eigs.items()}
+assert lam["restored"] == lam["in memory"], lam
+print(f"top Hessian eigenvalue on the test set after {restored.steps_done} steps: {lam['restored']:.3f}")
 
 # %% [markdown]
 # ## Try it yourself

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from workbench.cli import main
@@ -49,3 +50,55 @@ def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "workbench", "train", "--norm", "nope",
                            "--store", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown norm 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("runs"))
+    assert main(["train", "--norm", "batch", "--width", "16", "--depth", "2", "--steps", "20",
+                 "--n-train", "256", "--store", store, "--no-progress"]) == 0
+    (run_id,) = RunStore(store).run_ids()
+    return store, run_id
+
+
+def test_probe_a_stored_run(stored_run, tmp_path, capsys):
+    from workbench.probes import hessian_top_eigs
+
+    store, run_id = stored_run
+    capsys.readouterr()
+    out = tmp_path / "eigs.parquet"
+    assert main(["probe", run_id, "hessian_top_eigs", "--option", "k=2", "--examples", "100",
+                 "--store", store, "--out", str(out)]) == 0
+    assert f"hessian_top_eigs on run {run_id} (finished after 20 steps), 100 train" in capsys.readouterr().out
+    rows = pd.read_parquet(out)
+    assert set(rows.run_id) == {run_id} and set(rows.step) == {20}
+    # the same numbers as the probe on the model that training left, on the same examples
+    run = RunStore(store).restore(run_id)
+    ref = hessian_top_eigs(run.model, (run.dataset.x_train[:100], run.dataset.y_train[:100]),
+                           run.dataset.loss_fn, k=2)
+    assert rows.value.tolist() == pytest.approx(ref.value.tolist(), rel=1e-6)
+    assert (rows.metric == "eigenvalue").sum() == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope"], "unknown probe 'nope'; choose one of: layer_norms"),
+    (["landscape", "--option", "kk=1"], "unknown option of landscape 'kk'; choose one of: direction"),
+    (["landscape", "--option", "steps"], "--option expects KEY=VALUE, got 'steps'"),
+    (["landscape", "--examples", "0"], "--examples must be at least 1, got 0"),
+])
+def test_probe_bad_input(stored_run, capsys, args, message):
+    store, run_id = stored_run
+    assert main(["probe", run_id, *args, "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_probe_unknown_run_or_no_weights(stored_run, tmp_path, capsys):
+    store, run_id = stored_run
+    assert main(["probe", "abcdef", "landscape", "--store", store]) == 2
+    assert f"no run 'abcdef' in {store}; stored runs: {run_id}" in capsys.readouterr().err
+    legacy = RunStore(tmp_path)
+    run = RunStore(store).get(run_id)  # without its model: as runs were stored before weights
+    legacy.save(run)
+    assert main(["probe", run_id, "landscape", "--store", str(tmp_path)]) == 2
+    assert "stored without weights" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from workbench.dashboard._jobs import Job
 from workbench.data import DataConfig
@@ -69,6 +70,10 @@ def test_process_and_thread_jobs_stream_the_same_run(one_thread):
     a, b = (j.result.frame for j in (pjob, tjob))
     pd.testing.assert_frame_equal(a[~a.metric.isin(drop)].reset_index(drop=True),
                                   b[~b.metric.isin(drop)].reset_index(drop=True))
+    # the process sends the trained weights back (for the store), the thread keeps the model
+    pw, tw = pjob.result.state_dict(), tjob.result.state_dict()
+    assert pjob.result.model is None and pw.keys() == tw.keys()
+    assert all(torch.equal(pw[k], tw[k]) for k in pw)
 
 
 def test_unpicklable_parts_fall_back_to_the_thread():

@@ -4,8 +4,13 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 
+from workbench.data import DataConfig
+from workbench.models import ConvNetConfig, MLPConfig, TransformerConfig
+from workbench.probes import layer_norms
 from workbench.store import Run, RunStore, config_hash
+from workbench.train import TrainConfig, train
 
 
 def _run(run_id="abc123", status="finished", n=5):
@@ -72,3 +77,68 @@ def test_config_hash_is_stable():
     b = json.loads(json.dumps({"c": {"x": 2, "y": 1}, "a": [1, 2], "b": 1}))
     assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 12
     assert config_hash(a) != config_hash({**a, "b": 2})
+
+
+# -- weights: a stored run comes back as a model any probe can look inside --------------------
+_KINDS = {
+    "mlp, BatchNorm (running statistics)": TrainConfig.smoke(),
+    "convnet, GroupNorm + WS": TrainConfig.smoke().replace(
+        model=ConvNetConfig(stages=2, channels=8, norm="group", ws=True),
+        data=DataConfig(name="shapes", n_train=64, n_test=32), steps=5),
+    "transformer, Pre-LN": TrainConfig.smoke().replace(
+        model=TransformerConfig.smoke(), data=DataConfig(name="markov", n_train=64, n_test=32),
+        steps=5, optimizer="adam", lr=1e-3),
+    "mlp, PowerNorm (its own buffers)": TrainConfig.smoke().replace(
+        model=MLPConfig(depth=2, width=16, norm="power")),
+}
+
+
+@pytest.mark.filterwarnings("ignore:PowerNorm's approximate backward")  # hessian_top_eigs on it
+@pytest.mark.parametrize("cfg", list(_KINDS.values()), ids=list(_KINDS))
+def test_restore_gives_back_the_trained_model(tmp_path, cfg):
+    store = RunStore(tmp_path)
+    run = train(cfg, store=store, probes=["layer_norms", "hessian_top_eigs"])
+    assert run.status == "finished" and (tmp_path / run.run_id / "weights.pt").exists()
+    rng = torch.get_rng_state()
+    back = store.restore(run.run_id)
+    assert torch.equal(torch.get_rng_state(), rng), "restore must not draw from the global RNG"
+    assert back.model.training
+    pd.testing.assert_frame_equal(back.frame, run.frame)  # probe rows (budget columns) included
+    state, saved = run.model.state_dict(), back.model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in state)
+    x, y = back.dataset.x_test[:16], back.dataset.y_test[:16]
+    assert torch.equal(x, run.dataset.x_test[:16])  # the data set is regenerated exactly
+    for mode in (False, True):  # eval: running statistics; train: batch statistics
+        run.model.train(mode), back.model.train(mode)
+        with torch.no_grad():
+            assert torch.equal(run.model(x), back.model(x))
+    run.model.train(), back.model.train()
+    f, g = (layer_norms(m, (x, y), back.dataset.loss_fn) for m in (run.model, back.model))
+    pd.testing.assert_frame_equal(f, g)
+
+
+def test_runs_trained_in_a_worker_keep_their_weights(tmp_path):
+    """Sweep workers and dashboard training processes send the weights, not the model."""
+    from workbench.sweeps.runner import _run_one
+
+    cfg = TrainConfig.smoke()
+    run = _run_one(cfg.to_dict())
+    assert run.model is None and run.weights is not None
+    store = RunStore(tmp_path)
+    store.save(run)
+    back = store.restore(run.run_id)
+    reference = train(cfg).model
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(),
+                                                  back.model.state_dict().values(), strict=True))
+
+
+def test_restore_without_weights_is_a_clear_error(tmp_path):
+    store = RunStore(tmp_path)
+    cfg = TrainConfig.smoke()
+    run = train(cfg, store=store)
+    store.save(_run(run.run_id))  # overwritten by a run without a model: its weights go too
+    assert not (tmp_path / run.run_id / "weights.pt").exists()
+    with pytest.raises(ValueError, match="stored without weights"):
+        store.restore(run.run_id)
+    with pytest.raises(KeyError, match="no run 'ffff'"):
+        store.restore("ffff")

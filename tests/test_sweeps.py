@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from workbench.cli import main
 from workbench.models import MLPConfig
@@ -71,6 +72,9 @@ def test_serial_local_and_dask_give_identical_runs(tmp_path):
         for run_id in ids:
             pd.testing.assert_frame_equal(_rows(store, run_id), _rows(stores["serial"], run_id))
             assert store.get(run_id).status == "finished"
+            # and the same trained weights, whichever process trained them
+            w, ref = (s.restore(run_id).model.state_dict() for s in (store, stores["serial"]))
+            assert all(torch.equal(w[k], ref[k]) for k in ref), (name, run_id)
     pids = {stores["local"].get(r).meta["worker_pid"] for r in ids}
     assert os.getpid() not in pids  # local really ran in other processes
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench train ...`` and ``python -m workbench runs``.
+"""Command line: ``python -m workbench train ...``, ``runs``, ``probe RUN_ID PROBE`` and ``sweep``.
 
 Bad input is reported in one line with exit status 2, never a traceback.
 """
@@ -19,11 +19,11 @@ def _parse_value(text: str):
         return text
 
 
-def _options(pairs: list[str] | None) -> dict:
+def _options(pairs: list[str] | None, flag: str = "--norm-option") -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--norm-option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = _parse_value(value.strip())
     return out
@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list stored runs")
     r.add_argument("--store", default=STORE_DEFAULT)
+
+    q = sub.add_parser("probe", help="run a probe on a stored run's final weights")
+    q.add_argument("run_id", help="a stored run (python -m workbench runs lists them)")
+    q.add_argument("probe", help="a probe name, e.g. hessian_top_eigs, channel_health, landscape")
+    q.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a keyword argument of the probe, e.g. --option k=3 (repeatable)")
+    q.add_argument("--examples", type=int, default=256,
+                   help="the probe's batch: the first N examples of the split (default 256)")
+    q.add_argument("--split", choices=["train", "test"], default="train")
+    q.add_argument("--out", default=None, help="also write the tidy rows to this Parquet file")
+    q.add_argument("--store", default=STORE_DEFAULT)
+    q.add_argument("--device", default="cpu")
 
     from .sweeps.cli import add_sweep_parser
 
@@ -160,13 +172,53 @@ def _cmd_runs(a) -> int:
     return 0
 
 
+def _cmd_probe(a) -> int:
+    import inspect
+
+    import pandas as pd
+
+    from ._validate import check_choice
+    from .probes import PROBES
+    from .store import RunStore
+    from .utils import resolve_device, takes_lr
+
+    check_choice("probe", a.probe, PROBES)
+    if a.examples < 1:
+        raise ValueError(f"--examples must be at least 1, got {a.examples}")
+    fn, options = PROBES[a.probe], _options(a.option, "--option")
+    accepted = [n for n, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    for key in options:
+        check_choice(f"option of {a.probe}", key, accepted)
+    run = RunStore(a.store).restore(a.run_id, device=resolve_device(a.device))
+    if takes_lr(fn) and "lr" not in options:  # smoothness: the step size the run last trained at
+        last = run.final("lr")
+        options["lr"] = last if last == last else run.config["lr"]
+    ds = run.dataset
+    x, y = (ds.x_train, ds.y_train) if a.split == "train" else (ds.x_test, ds.y_test)
+    n = min(a.examples, x.shape[0])
+    frame = fn(run.model, (x[:n], y[:n]), ds.loss_fn, **options)
+    frame.insert(0, "run_id", run.run_id)
+    frame.insert(1, "step", run.steps_done)  # the weights after the last step
+    print(f"{a.probe} on run {run.run_id} ({run.status} after {run.steps_done} steps), "
+          f"{n} {a.split} examples: {len(frame)} rows")
+    shown = frame[[c for c in ("probe", "metric", "layer", "value") if c in frame]]
+    with pd.option_context("display.width", 200, "display.max_rows", 40):
+        print(shown.to_string(index=False, max_rows=40, float_format=lambda v: f"{v:.6g}"))
+    if a.out:
+        frame.to_parquet(a.out, index=False)
+        print(f"rows written to {a.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from .sweeps.cli import run_sweep_command
 
-        return {"train": _cmd_train, "runs": _cmd_runs, "sweep": run_sweep_command}[args.command](args)
+        commands = {"train": _cmd_train, "runs": _cmd_runs, "probe": _cmd_probe,
+                    "sweep": run_sweep_command}
+        return commands[args.command](args)
     except (ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,10 @@ class Run:
         frame: tidy rows ``run_id, step, probe, metric, layer, value`` (+ probe budget columns).
         error: the error message of a failed run.
         diverged_step: the step whose loss was NaN/inf, for a diverged run.
-        model, dataset: the live objects after training (not stored).
+        model, dataset: the live objects after training (the model's weights are stored, see
+            :meth:`RunStore.restore <workbench.store.RunStore.restore>`).
+        weights: the model's ``state_dict`` on the CPU, where the run comes back without its
+            model (from a training process); the store saves it like the model's.
     """
 
     run_id: str
@@ -62,6 +66,34 @@ class Run:
     meta: dict = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
     dataset: Any = field(default=None, repr=False, compare=False)
+    weights: dict | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        # weights travel as torch.save bytes: pickled tensors would be handed over in shared
+        # memory owned by the sending process (a training process that exits right after)
+        state = dict(self.__dict__)
+        if state.get("weights") is not None:
+            import torch
+
+            buf = io.BytesIO()
+            torch.save(state["weights"], buf)
+            state["weights"] = buf.getvalue()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("weights"), bytes):
+            import torch
+
+            state["weights"] = torch.load(io.BytesIO(state["weights"]), weights_only=True)
+        self.__dict__.update(state)
+
+    def state_dict(self) -> dict | None:
+        """The trained weights (parameters and buffers) as CPU tensors of their own, or None."""
+        if self.model is None:
+            return self.weights
+        # clones: the trainer's parameters are views into flat buffers, which torch.save would
+        # write whole with every view
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def metric(self, metric: str, probe: str = "train") -> pd.Series:
         """One metric as a Series indexed by step (``run.metric("loss")``)."""

@@ -1,6 +1,7 @@
 """RunStore: one folder per run (config JSON, meta JSON, rows as Parquet), written atomically."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from .._validate import check_choice
 from .run import Run, empty_frame
 
 _RUN_ID_CHARS = set("0123456789abcdef")
+WEIGHTS = "weights.pt"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -31,7 +33,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class RunStore:
-    """Stores runs under ``root/<run_id>/`` as ``config.json``, ``meta.json`` and ``rows.parquet``.
+    """Stores runs under ``root/<run_id>/`` as ``config.json``, ``meta.json``, ``rows.parquet``
+    and the model's final weights, ``weights.pt`` (a ``state_dict``, read back with
+    ``weights_only=True``: no code is unpickled).
 
     ``meta.json`` is written last, so a run folder without it (a writer killed mid-way) is ignored
     by :meth:`has`, :meth:`get` and :meth:`load`, and overwritten by the next save.
@@ -55,6 +59,15 @@ class RunStore:
         _atomic_write_bytes(folder / "config.json", json.dumps(run.config, indent=1, sort_keys=True).encode())
         frame = run.frame.reset_index(drop=True)
         _atomic_write_bytes(folder / "rows.parquet", frame.to_parquet(index=False))
+        weights, state = folder / WEIGHTS, run.state_dict()
+        if state is not None:
+            import torch
+
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            _atomic_write_bytes(weights, buf.getvalue())
+        elif weights.exists():  # an overwrite without weights must not keep another run's
+            weights.unlink()
         _atomic_write_bytes(meta, json.dumps(run.meta_dict(), indent=1, sort_keys=True).encode())
         return folder
 
@@ -76,12 +89,44 @@ class RunStore:
         meta = json.loads((folder / "meta.json").read_text())
         config = json.loads((folder / "config.json").read_text())
         frame = pd.read_parquet(folder / "rows.parquet")
+        for col in ("converged",):  # object columns: Parquet's nulls come back as None, not NaN
+            if col in frame and frame[col].dtype == object:
+                frame[col] = frame[col].where(frame[col].notna(), float("nan"))
         known = {"run_id", "status", "error", "diverged_step", "steps_done", "wall_time", "started_at"}
         return Run(run_id=run_id, config=config, status=meta["status"], frame=frame,
                    error=meta.get("error"), diverged_step=meta.get("diverged_step"),
                    steps_done=meta.get("steps_done", 0), wall_time=meta.get("wall_time", 0.0),
                    started_at=meta.get("started_at", ""),
                    meta={k: v for k, v in meta.items() if k not in known})
+
+    def restore(self, run_id: str, device: str = "cpu") -> Run:
+        """A stored run with its model rebuilt from the config and its final weights loaded, and
+        its dataset regenerated (``run.model``, ``run.dataset``), ready for any probe.
+
+        The model is in train mode, as training left it; the global RNG is untouched. A KeyError
+        for an unknown run, a ValueError for a run stored without weights (before they were
+        kept, or one that failed before its model was built).
+        """
+        import torch
+
+        from ..data import make_dataset
+        from ..models import build_model, fit_to_data
+        from ..train.config import TrainConfig
+
+        run = self.get(run_id)
+        path = self._dir(run_id) / WEIGHTS
+        if not path.exists():
+            raise ValueError(f"run {run_id!r} was stored without weights ({run.status}; runs "
+                             "saved before weights were kept have none): train it again to probe it")
+        cfg = TrainConfig.from_dict(run.config)
+        dataset = make_dataset(cfg.data).to(device)
+        model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
+                                cfg.data.name)
+        with torch.random.fork_rng(devices=[]):  # initialization draws: overwritten below
+            model = build_model(model_cfg)
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        run.model, run.dataset = model.to(device).train(), dataset
+        return run
 
     def load(self, status: str | None = None) -> pd.DataFrame:
         """All stored rows in one tidy frame (optionally only runs with ``status``)."""

@@ -35,7 +35,8 @@ DONE_STATUSES = ("finished", "diverged", "failed")
 
 
 def _run_one(config: dict, threads: int = 1) -> Run:
-    """Train one config (in a worker) and return its Run without the live model and data."""
+    """Train one config (in a worker) and return its Run without the live model and data (its
+    weights on the CPU instead, for the store)."""
     import torch
 
     from ..train import TrainConfig, train
@@ -48,7 +49,7 @@ def _run_one(config: dict, threads: int = 1) -> Run:
     finally:
         if threads and before != threads:
             torch.set_num_threads(before)
-    run.model = run.dataset = None
+    run.weights, run.model, run.dataset = run.state_dict(), None, None
     run.meta["worker_pid"] = os.getpid()
     return run
 

@@ -73,7 +73,8 @@ def child_main(cfg, probes, probe_every, after, threads, conn, stop) -> None:
         run, extra = run_job(cfg, probes, probe_every, after, CancelToken(stop), on_step, on_probe,
                              set_state)
         flush()
-        run.model = run.dataset = None  # live objects stay here; the frame is the result
+        # live objects stay here; the frame and the weights (for the store) are the result
+        run.weights, run.model, run.dataset = run.state_dict(), None, None
         conn.send(("done", run, extra))
     except BaseException as exc:  # noqa: BLE001  (report, never hang the worker)
         try:
