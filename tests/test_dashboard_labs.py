@@ -72,6 +72,49 @@ def test_landscape_line_contour_surface(tmp_path, dims):
         assert lab.contour_plot.object.data[0].z.shape == (9, 9)
 
 
+def test_landscape_interpolates_toward_a_stored_run(tmp_path):
+    import torch
+
+    from workbench.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    small = _small(LandscapeLab, tmp_path, batch_size=16, dims=1, grid=5)
+    assert small.start()
+    _run_to_end(small)
+    (stored,) = store.run_ids()
+    lab = _small(LandscapeLab, tmp_path, batch_size=128, dims=1, grid=5)
+    lab.direction = "stored run"  # lists the store's runs, the newest first
+    assert lab.other_run == stored and stored in list(lab.param.other_run.objects)[0]
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.status.object == "done: finished", lab.alert.object
+    f = lab.result.sort_values("alpha")
+    assert f.alpha.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert f"to stored run {stored} (1)" in lab.line_plot.object.layout.title.text
+    # the ends are the two trained models' losses on the same 256 examples (train mode)
+    (mine,) = set(store.run_ids()) - {stored}
+    for run_id, value in ((mine, f.value.iloc[0]), (stored, f.value.iloc[-1])):
+        run = store.restore(run_id)
+        with torch.no_grad():
+            loss = run.dataset.loss_fn(run.model(run.dataset.x_train[:256]), run.dataset.y_train[:256])
+        assert value == pytest.approx(loss.item(), rel=1e-5), run_id
+
+
+def test_landscape_stored_run_must_exist_and_match(tmp_path):
+    lab = _small(LandscapeLab, tmp_path, dims=1, grid=5, direction="stored run")
+    assert lab.other_run is None and lab.start() is False
+    assert "no stored run to interpolate toward" in lab.alert.object
+    lab.direction = "random"
+    assert lab.start()
+    _run_to_end(lab)
+    lab.direction = "stored run"  # now the run just trained is listed
+    assert lab.start() is False and "is this very configuration" in lab.alert.object
+    lab.width = 24
+    assert lab.start() is False
+    assert "another model or data set (mlp/batch w16 d2 · gaussian_mixture) than this lab " \
+           "(mlp/batch w24 d2 · gaussian_mixture)" in lab.alert.object
+
+
 @pytest.mark.parametrize("cls", LABS)
 def test_stop_within_a_second(cls, tmp_path):
     lab = _small(cls, tmp_path, steps=2000)

@@ -166,6 +166,32 @@ def test_lab_trains_stops_measures_and_rejects(page, live_server, screenshot, ap
     screenshot("error")
 
 
+def test_landscape_interpolates_between_two_trained_runs(page, live_server, screenshot):
+    """Train at batch 32, then at batch 256 with the line to the stored batch-32 run: the stored
+    run is listed after the first training, the slice ends at it."""
+    _open(page, f"{live_server}/landscape")
+    _set(page, "Steps", 30)
+    page.get_by_role("button", name="1", exact=True).click()  # a line: slice dimensions 1
+    _train_button(page).click()
+    page.get_by_text("done: finished").wait_for(timeout=60_000)
+    page.get_by_role("combobox", name="Direction", exact=True).select_option("stored run")
+    stored = page.get_by_role("combobox", name="Stored run (direction 'stored run')")
+    stored.locator("option", has_text="B=32").first.wait_for(state="attached", timeout=5_000)
+    option = stored.locator("option").first.inner_text()
+    assert "B=32" in option and "mlp/batch w32 d2" in option, option
+    _set(page, "Batch size", 256)
+    _train_button(page).click()
+    run_id = option.split(" ")[0]
+    slice_plot = page.locator(".js-plotly-plot").nth(1)
+    deadline = time.monotonic() + 60  # the status still says the first run's "done: finished"
+    while not (title := slice_plot.evaluate("gd => gd.layout.title.text")).endswith(
+            f"to stored run {run_id} (1)"):
+        assert time.monotonic() < deadline, title
+        page.wait_for_timeout(200)
+    assert slice_plot.evaluate("gd => [gd.data[0].x[0], gd.data[0].x.slice(-1)[0]]") == [0, 1]
+    screenshot("interpolated")
+
+
 def _training_threads() -> set:
     import threading
 

@@ -2,6 +2,10 @@
 
 Trains one model live, then evaluates ``probes.landscape`` on a grid around its weights in its
 training process. BatchNorm mode (train: batch statistics; eval: running statistics) is selectable.
+Directions: random (filter-normalized), the top Hessian eigenvectors, or the straight line to a
+stored run of the same model and data (Goodfellow et al.'s interpolation; between a small- and a
+large-batch solution, Keskar et al.'s sharp-vs-flat picture); its weights are read from the run
+store, picked from a list (no path or id is typed).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from ..train import TrainConfig
 from ..train.worker import landscape_after
 from ..viz.landscape import contour_figure, line_figure, surface_figure
 from ._lab import ProbeLab
@@ -26,12 +31,18 @@ class LandscapeLab(ProbeLab):
     dims = param.Selector(objects=[1, 2], default=2, label="Slice dimensions")
     grid = param.Integer(default=21, doc=f"points per axis (at most {MAX_GRID})")
     span = param.Number(default=1.0, doc="coordinate range [-span, span] (filter-normalized)")
-    direction = param.Selector(objects=["random", "hessian"], default="random")
+    direction = param.Selector(objects=["random", "hessian", "stored run"], default="random",
+                               doc="stored run: the line from the trained weights (0) to a "
+                                   "stored run's (1), the second axis random")
+    other_run = param.Selector(default=None, objects=[], allow_None=True,
+                               label="Stored run (direction 'stored run')",
+                               doc="a stored run of the same model and data set")
     mode = param.Selector(objects=["train", "eval"], default="train",
                           label="BN mode (train: batch stats, eval: running stats)")
     examples = param.Integer(default=256, doc="training examples the loss is evaluated on")
 
-    controls = (*ProbeLab.controls, "dims", "grid", "span", "direction", "mode", "examples")
+    controls = (*ProbeLab.controls, "dims", "grid", "span", "direction", "other_run", "mode",
+                "examples")
     title = "landscape"
 
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
@@ -42,6 +53,21 @@ class LandscapeLab(ProbeLab):
         self.line_plot = plotly_pane(line_figure(empty), **kw)
         self.contour_plot = plotly_pane(contour_figure(empty), **kw)
         self.surface_plot = plotly_pane(surface_figure(empty), **kw)
+        self.list_stored_runs()
+
+    @param.depends("direction", watch=True)
+    def list_stored_runs(self) -> None:
+        """The stored runs with weights, newest first, as ``label -> run id`` choices."""
+        runs = []
+        if self.store is not None:
+            for run_id in self.store.run_ids():
+                run = self.store.get(run_id)
+                if run.status in ("finished", "cancelled") and self.store.has_weights(run_id):
+                    runs.append(run)
+        runs.sort(key=lambda r: r.started_at, reverse=True)
+        self.param.other_run.objects = {_label(r): r.run_id for r in runs}
+        if self.other_run not in self.param.other_run.objects.values():
+            self.other_run = runs[0].run_id if runs else None
 
     def validate(self) -> None:
         if not isinstance(self.grid, int) or not 3 <= self.grid <= MAX_GRID:
@@ -50,18 +76,45 @@ class LandscapeLab(ProbeLab):
             raise ValueError(f"span must be in (0, 10], got {self.span!r}")
         if not isinstance(self.examples, int) or not 2 <= self.examples <= 2048:
             raise ValueError(f"examples must be between 2 and 2048, got {self.examples!r}")
+        if self.direction == "stored run":
+            self._check_other_run()
+
+    def _check_other_run(self) -> None:
+        """The stored run exists, has weights and the same model and data as this lab's."""
+        if self.store is None:
+            raise ValueError("direction 'stored run' needs the run store; this server has none")
+        if self.other_run is None:
+            raise ValueError("no stored run to interpolate toward: train one first (here or in "
+                             "the Arena), then pick it under 'Stored run'")
+        other = TrainConfig.from_dict(self.store.get(self.other_run).config)
+        (_, mine), = self.variants()
+        if other.run_id == mine.run_id:
+            raise ValueError(f"stored run {self.other_run} is this very configuration: change "
+                             "what differs (batch size, optimizer, lr, seed, steps)")
+        if (other.model, other.data) != (mine.model, mine.data):
+            raise ValueError(f"stored run {self.other_run} has another model or data set "
+                             f"({_describe(other)}) than this lab ({_describe(mine)}): the line "
+                             "between them needs the same parameters")
 
     def after(self):
+        kw = {}
+        if self.direction == "stored run":
+            kw = {"other_run": self.other_run, "store_root": str(self.store.root)}
         return functools.partial(landscape_after, examples=self.examples, dims=self.dims,
-                                 steps=self.grid, span=float(self.span), direction=self.direction,
-                                 mode=self.mode, seed=self.seed)
+                                 steps=self.grid, span=float(self.span),
+                                 direction="random" if kw else self.direction,
+                                 mode=self.mode, seed=self.seed, **kw)
 
     def draw_results(self) -> None:
         frames = [j.extra for j in self.jobs if j.done and j.extra is not None]
         if not frames:
             return
         self.result = frames[0]
-        self.line_plot.object = line_figure(self.result)
+        line = line_figure(self.result)
+        if self.direction == "stored run":  # before the pane gets it: it sends what it is given
+            line.update_layout(title=f"1-D slice: trained weights (0) to stored run "
+                                     f"{self.other_run} (1)")
+        self.line_plot.object = line
         if self.result["beta"].notna().any():
             self.contour_plot.object = contour_figure(self.result)
             self.surface_plot.object = surface_figure(self.result)
@@ -75,6 +128,23 @@ class LandscapeLab(ProbeLab):
         return {**super().widgets(), "grid": pn.widgets.IntInput, "span": pn.widgets.FloatInput,
                 "examples": pn.widgets.IntInput, "dims": pn.widgets.RadioButtonGroup,
                 "mode": pn.widgets.RadioButtonGroup}
+
+
+def _model_and_data(config: dict) -> str:
+    m = config.get("model", {})
+    size = m.get("width") or m.get("channels") or m.get("d_model")
+    depth = m.get("depth") or m.get("stages")
+    return f"{m.get('kind')}/{m.get('norm')} w{size} d{depth} · {config.get('data', {}).get('name')}"
+
+
+def _label(run) -> str:
+    c = run.config
+    return (f"{run.run_id} · {_model_and_data(c)} · B={c.get('batch_size')} {c.get('optimizer')} "
+            f"lr={c.get('lr')}")
+
+
+def _describe(cfg: TrainConfig) -> str:
+    return _model_and_data(cfg.to_dict())
 
 
 def landscape_app(store_root: str | Path | None = "data/runs", template: bool = True):

@@ -74,6 +74,9 @@ class RunStore:
     def has(self, run_id: str) -> bool:
         return (self._dir(run_id) / "meta.json").exists()
 
+    def has_weights(self, run_id: str) -> bool:
+        return self.has(run_id) and (self._dir(run_id) / WEIGHTS).exists()
+
     def run_ids(self) -> list[str]:
         if not self.root.exists():
             return []
@@ -99,6 +102,18 @@ class RunStore:
                    started_at=meta.get("started_at", ""),
                    meta={k: v for k, v in meta.items() if k not in known})
 
+    def weights(self, run_id: str, device: str = "cpu") -> dict:
+        """A stored run's final ``state_dict`` (KeyError: no such run; ValueError: stored without
+        weights)."""
+        import torch
+
+        run = self.get(run_id)
+        path = self._dir(run_id) / WEIGHTS
+        if not path.exists():
+            raise ValueError(f"run {run_id!r} was stored without weights ({run.status}; runs "
+                             "saved before weights were kept have none): train it again to probe it")
+        return torch.load(path, map_location=device, weights_only=True)
+
     def restore(self, run_id: str, device: str = "cpu") -> Run:
         """A stored run with its model rebuilt from the config and its final weights loaded, and
         its dataset regenerated (``run.model``, ``run.dataset``), ready for any probe.
@@ -113,18 +128,14 @@ class RunStore:
         from ..models import build_model, fit_to_data
         from ..train.config import TrainConfig
 
-        run = self.get(run_id)
-        path = self._dir(run_id) / WEIGHTS
-        if not path.exists():
-            raise ValueError(f"run {run_id!r} was stored without weights ({run.status}; runs "
-                             "saved before weights were kept have none): train it again to probe it")
+        run, state = self.get(run_id), self.weights(run_id, device)
         cfg = TrainConfig.from_dict(run.config)
         dataset = make_dataset(cfg.data).to(device)
         model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
                                 cfg.data.name)
         with torch.random.fork_rng(devices=[]):  # initialization draws: overwritten below
             model = build_model(model_cfg)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        model.load_state_dict(state)
         run.model, run.dataset = model.to(device).train(), dataset
         return run
 
