@@ -91,6 +91,7 @@ def test_landscape_interpolates_toward_a_stored_run(tmp_path):
     f = lab.result.sort_values("alpha")
     assert f.alpha.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert f"to stored run {stored} (1)" in lab.line_plot.object.layout.title.text
+    assert len(lab.param.other_run.objects) == 2 and lab.other_run == stored  # listed, kept
     # the ends are the two trained models' losses on the same 256 examples (train mode)
     (mine,) = set(store.run_ids()) - {stored}
     for run_id, value in ((mine, f.value.iloc[0]), (stored, f.value.iloc[-1])):

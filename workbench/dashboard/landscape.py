@@ -59,9 +59,9 @@ class LandscapeLab(ProbeLab):
     def list_stored_runs(self) -> None:
         """The stored runs with weights, newest first, as ``label -> run id`` choices."""
         runs = []
-        if self.store is not None:
+        if self.store is not None and self.direction == "stored run":  # config and meta only
             for run_id in self.store.run_ids():
-                run = self.store.get(run_id)
+                run = self.store.get(run_id, rows=False)
                 if run.status in ("finished", "cancelled") and self.store.has_weights(run_id):
                     runs.append(run)
         runs.sort(key=lambda r: r.started_at, reverse=True)
@@ -86,7 +86,7 @@ class LandscapeLab(ProbeLab):
         if self.other_run is None:
             raise ValueError("no stored run to interpolate toward: train one first (here or in "
                              "the Arena), then pick it under 'Stored run'")
-        other = TrainConfig.from_dict(self.store.get(self.other_run).config)
+        other = TrainConfig.from_dict(self.store.get(self.other_run, rows=False).config)
         (_, mine), = self.variants()
         if other.run_id == mine.run_id:
             raise ValueError(f"stored run {self.other_run} is this very configuration: change "
@@ -106,6 +106,7 @@ class LandscapeLab(ProbeLab):
                                  mode=self.mode, seed=self.seed, **kw)
 
     def draw_results(self) -> None:
+        self.list_stored_runs()  # the run just trained is a choice for the next one
         frames = [j.extra for j in self.jobs if j.done and j.extra is not None]
         if not frames:
             return

@@ -83,7 +83,9 @@ class RunStore:
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and set(p.name) <= _RUN_ID_CHARS and (p / "meta.json").exists())
 
-    def get(self, run_id: str) -> Run:
+    def get(self, run_id: str, *, rows: bool = True) -> Run:
+        """A stored run (KeyError naming the stored ones when there is none); ``rows=False``
+        skips reading its rows (an empty frame): config, status and meta only."""
         folder = self._dir(run_id)
         if not (folder / "meta.json").exists():
             known = self.run_ids()
@@ -91,7 +93,7 @@ class RunStore:
                            f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
         meta = json.loads((folder / "meta.json").read_text())
         config = json.loads((folder / "config.json").read_text())
-        frame = pd.read_parquet(folder / "rows.parquet")
+        frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
         for col in ("converged",):  # object columns: Parquet's nulls come back as None, not NaN
             if col in frame and frame[col].dtype == object:
                 frame[col] = frame[col].where(frame[col].notna(), float("nan"))
@@ -107,7 +109,7 @@ class RunStore:
         weights)."""
         import torch
 
-        run = self.get(run_id)
+        run = self.get(run_id, rows=False)
         path = self._dir(run_id) / WEIGHTS
         if not path.exists():
             raise ValueError(f"run {run_id!r} was stored without weights ({run.status}; runs "
