@@ -174,6 +174,7 @@ def _cmd_runs(a) -> int:
 
 def _cmd_probe(a) -> int:
     import inspect
+    import math
 
     import pandas as pd
 
@@ -192,7 +193,7 @@ def _cmd_probe(a) -> int:
     run = RunStore(a.store).restore(a.run_id, device=resolve_device(a.device))
     if takes_lr(fn) and "lr" not in options:  # smoothness: the step size the run last trained at
         last = run.final("lr")
-        options["lr"] = last if last == last else run.config["lr"]
+        options["lr"] = last if math.isfinite(last) else run.config["lr"]
     ds = run.dataset
     x, y = (ds.x_train, ds.y_train) if a.split == "train" else (ds.x_test, ds.y_test)
     n = min(a.examples, x.shape[0])

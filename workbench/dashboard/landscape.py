@@ -30,7 +30,8 @@ class LandscapeLab(ProbeLab):
 
     dims = param.Selector(objects=[1, 2], default=2, label="Slice dimensions")
     grid = param.Integer(default=21, doc=f"points per axis (at most {MAX_GRID})")
-    span = param.Number(default=1.0, doc="coordinate range [-span, span] (filter-normalized)")
+    span = param.Number(default=1.0, doc="coordinate range [-span, span] (filter-normalized); "
+                                         "toward a stored run [0, span], 1 at that run")
     direction = param.Selector(objects=["random", "hessian", "stored run"], default="random",
                                doc="stored run: the line from the trained weights (0) to a "
                                    "stored run's (1), the second axis random")
@@ -102,7 +103,7 @@ class LandscapeLab(ProbeLab):
             kw = {"other_run": self.other_run, "store_root": str(self.store.root)}
         return functools.partial(landscape_after, examples=self.examples, dims=self.dims,
                                  steps=self.grid, span=float(self.span),
-                                 direction="random" if kw else self.direction,
+                                 direction="checkpoint" if kw else self.direction,
                                  mode=self.mode, seed=self.seed, **kw)
 
     def draw_results(self) -> None:

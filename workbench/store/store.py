@@ -109,12 +109,11 @@ class RunStore:
         weights)."""
         import torch
 
-        run = self.get(run_id, rows=False)
-        path = self._dir(run_id) / WEIGHTS
-        if not path.exists():
+        if not self.has_weights(run_id):
+            run = self.get(run_id, rows=False)  # the KeyError, where there is no such run
             raise ValueError(f"run {run_id!r} was stored without weights ({run.status}; runs "
                              "saved before weights were kept have none): train it again to probe it")
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(self._dir(run_id) / WEIGHTS, map_location=device, weights_only=True)
 
     def restore(self, run_id: str, device: str = "cpu") -> Run:
         """A stored run with its model rebuilt from the config and its final weights loaded, and

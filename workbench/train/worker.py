@@ -129,13 +129,13 @@ def hessian_vs_batch_size_after(run, cancel, *, batch_sizes, **kwargs):
 
 def landscape_after(run, cancel, *, examples, other_run=None, store_root=None, **kwargs):
     """``probes.landscape`` of the trained model on its first ``examples`` training examples;
-    with ``other_run`` (a run id in the store at ``store_root``), along the line to that run's
-    stored weights (``direction="checkpoint"``)."""
+    with ``other_run`` (a run id in the store at ``store_root``) the checkpoint of
+    ``direction="checkpoint"`` is that run's stored weights."""
     from ..probes import landscape
     from ..store import RunStore
 
     n = min(examples, run.dataset.n_train)
     batch = (run.dataset.x_train[:n], run.dataset.y_train[:n])
     if other_run is not None:
-        kwargs.update(direction="checkpoint", other=RunStore(store_root).weights(other_run))
+        kwargs["other"] = RunStore(store_root).weights(other_run)
     return landscape(run.model, batch, run.dataset.loss_fn, **kwargs)
