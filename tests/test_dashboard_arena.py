@@ -12,6 +12,7 @@ from workbench.dashboard import _jobs, arena
 from workbench.dashboard.arena import Arena, Lane
 from workbench.dashboard.presets import PRESETS
 from workbench.store import RunStore
+from workbench.viz.curves import smooth_ema
 
 
 @pytest.fixture
@@ -60,6 +61,25 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
     assert app.lane_status[2].object == "" and app.status.object.startswith("done")
     store = RunStore(tmp_path / "runs")
     assert len(store.run_ids()) == 2
+
+
+def test_curves_are_smoothed_and_redrawn_when_the_weight_or_axis_changes(app, tmp_path):
+    app.steps = 30
+    assert app.start()
+    _run_to_end(app)
+    store = RunStore(tmp_path / "runs")
+    cfg = app.lanes[1].build(steps=app.steps, width=app.width, depth=app.depth)
+    raw = store.get(cfg.run_id).metric("loss").tolist()  # lane 2's per-step training losses
+    assert len(raw) == 30 and list(app.loss_fig.data[1].y) == pytest.approx(smooth_ema(raw, 0.9))
+    assert app.loss_fig.layout.title.text == "loss (smoothed: EMA 0.9)"
+    app.smoothing = 0.0  # after the run: redrawn at once, from the raw values
+    assert list(app.loss_fig.data[1].y) == pytest.approx(raw)
+    assert app.loss_fig.layout.title.text == "loss" and app.acc_fig.layout.title.text == "accuracy"
+    app.smoothing = 0.5
+    assert list(app.loss_fig.data[1].y) == pytest.approx(smooth_ema(raw, 0.5))
+    assert app.loss_fig.layout.yaxis.type == "log"
+    app.log_y = False
+    assert app.loss_fig.layout.yaxis.type == "linear"
 
 
 def _long_run(app):

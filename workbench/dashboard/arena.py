@@ -19,7 +19,7 @@ from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..train.schedules import LR_DECAY, LR_SCALING
-from ..viz.curves import diverged_marker
+from ..viz.curves import RunningEma, diverged_marker
 from ..viz.lanes import lanes_figure, probe_summary, probes_figure, thin
 from ._jobs import (
     DEFAULT_DATA,
@@ -121,6 +121,27 @@ class Lane(param.Parameterized):
                            eval_every=0)
 
 
+class _Curve:
+    """One lane's metric as it streams in: steps, raw values and their EMA (what is drawn)."""
+
+    __slots__ = ("xs", "ys", "drawn", "_ema")
+
+    def __init__(self, smoothing: float):
+        self.xs: list[int] = []
+        self.ys: list[float] = []
+        self.drawn: list[float] = []
+        self._ema = RunningEma(smoothing)
+
+    def add(self, x: int, y: float) -> None:
+        self.xs.append(x)
+        self.ys.append(y)
+        self.drawn.append(self._ema(y))
+
+    def resmooth(self, smoothing: float) -> None:
+        self._ema = RunningEma(smoothing)
+        self.drawn = [self._ema(y) for y in self.ys]
+
+
 class Arena(SessionApp):
     """Up to four lanes trained live; one instance per browser session."""
 
@@ -131,6 +152,10 @@ class Arena(SessionApp):
     probes = param.ListSelector(default=[], objects=list(ARENA_PROBES), label="Probes")
     probe_every = param.Integer(default=20, doc="steps between probe measurements")
     log_y = param.Boolean(default=True, label="Log-scale loss axis")
+    smoothing = param.Number(default=0.9, bounds=(0.0, 0.99), step=0.01,
+                             label="Smoothing (EMA of the per-step curves)",
+                             doc="TensorBoard's debiased EMA; 0 draws the raw per-step values, "
+                                 "which at small batch sizes are mostly noise")
 
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
         super().__init__(**params)
@@ -143,7 +168,7 @@ class Arena(SessionApp):
                             for _ in range(NUM_LANES)]
         self.status.object = "idle: set up the lanes (or pick a preset) and press **Train**"
         self.preset_doc = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self._curves: list[dict] = [{} for _ in range(NUM_LANES)]  # lane -> metric -> (xs, ys)
+        self._curves: list[dict[str, _Curve]] = [{} for _ in range(NUM_LANES)]  # lane -> metric
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self._last: list[tuple[int, dict] | None] = [None] * NUM_LANES  # latest (step, metrics)
@@ -205,6 +230,7 @@ class Arena(SessionApp):
         names = [lane.describe() for lane in self.lanes]
         self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure(names, metric="accuracy")
+        self._title_curves()
         self._drawn_probes = [p for p in ARENA_PROBES if p in self.probes]
         self.probe_fig = probes_figure(names, self._drawn_probes)
         self.probe_plot.height = max(330, self.probe_fig.layout.height)
@@ -212,7 +238,8 @@ class Arena(SessionApp):
             self.loss_fig, self.acc_fig, self.probe_fig)
         probes = probe_fns(self.probes)
         for i, cfg in configs:
-            self._curves[i], self._last[i] = {"loss": ([], []), "accuracy": ([], [])}, None
+            self._curves[i] = {m: _Curve(self.smoothing) for m in ("loss", "accuracy")}
+            self._last[i] = None
             self._probe_frames[i] = []
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
             self.lane_status[i].object = f"**{names[i]}**: waiting to start"
@@ -239,6 +266,28 @@ class Arena(SessionApp):
             if job is not None:
                 job.join(timeout)
 
+    def _title_curves(self) -> None:
+        for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
+            fig.layout.title.text = (f"{metric} (smoothed: EMA {self.smoothing:g})"
+                                     if self.smoothing else metric)
+
+    @param.depends("log_y", watch=True)
+    def _log_axis(self) -> None:
+        self.loss_fig.update_yaxes(type="log" if self.log_y else "linear")
+        self.loss_plot.param.trigger("object")
+
+    @param.depends("smoothing", watch=True)
+    def _resmooth(self) -> None:
+        """Smooth every curve again with the new weight and redraw (also after a run)."""
+        for curves in self._curves:
+            for curve in curves.values():
+                curve.resmooth(self.smoothing)
+        self._title_curves()
+        if self.running:
+            self._dirty = True
+        else:
+            self._draw()
+
     # -- event loop ----------------------------------------------------------------------------
     def refresh(self) -> None:
         """Move buffered points into the figures, bars and status lines."""
@@ -250,12 +299,11 @@ class Arena(SessionApp):
             points, frames = job.drain()
             if points:
                 changed = True
-                for metric, (xs, ys) in self._curves[i].items():
+                for metric, curve in self._curves[i].items():
                     for step, m in points:
                         v = m.get(metric)
                         if v is not None and math.isfinite(v):
-                            xs.append(step)
-                            ys.append(v)
+                            curve.add(step, v)
                 self._last[i] = points[-1]  # bar and status line: once a second, in _draw
             elif job.state == "queued":
                 self.lane_status[i].object = f"**{self.lanes[i].describe()}**: {SLOTS.describe()}"
@@ -285,9 +333,9 @@ class Arena(SessionApp):
                                               f"{step + 1}/{self.progress[i].max}, "
                                               f"loss {metrics['loss']:.4g}")
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
-                xs, ys = self._curves[i].get(metric, ([], []))
-                if i < len(fig.data) and fig.data[i].name != "diverged":
-                    fig.data[i].x, fig.data[i].y = thin(xs, ys)
+                curve = self._curves[i].get(metric)
+                if curve is not None and i < len(fig.data) and fig.data[i].name != "diverged":
+                    fig.data[i].x, fig.data[i].y = thin(curve.xs, curve.drawn)
             if slow and self._probe_frames[i]:
                 frame = pd.concat(self._probe_frames[i], ignore_index=True)
                 self._probe_frames[i] = [frame]  # concatenated once, not on every redraw
@@ -316,7 +364,7 @@ class Arena(SessionApp):
                                           f" in {run.wall_time:.1f} s{note}")
         elif run.status == "diverged":
             step = run.diverged_step if run.diverged_step is not None else run.steps_done
-            ys = self._curves[i]["loss"][1]
+            ys = self._curves[i]["loss"].drawn  # at the end of the line drawn
             self.loss_fig.add_trace(diverged_marker(step, ys[-1] if ys else 1.0,
                                                     name=f"{name}: diverged at step {step}"))
             self.lane_status[i].object = f"**{name}**: diverged at step {step} (loss NaN/inf){note}"
@@ -332,7 +380,7 @@ class Arena(SessionApp):
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
         shared = param_form(self, ["preset", "steps", "width", "depth", "probes", "probe_every",
-                                   "log_y"],
+                                   "log_y", "smoothing"],
                             {"steps": pn.widgets.IntInput, "width": pn.widgets.IntInput,
                              "depth": pn.widgets.IntInput, "probe_every": pn.widgets.IntInput,
                              "probes": pn.widgets.CheckBoxGroup})

@@ -38,25 +38,28 @@ def diverged_marker(step: float, value: float, *, name: str = "diverged", showle
                       hovertemplate=f"{name} at step %{{x}}<extra></extra>")
 
 
+class RunningEma:
+    """TensorBoard's smoothing, one value at a time: a debiased exponential moving average,
+    ``m_k = weight * m_{k-1} + (1 - weight) * v_k`` shown as ``m_k / (1 - weight**k)`` (so the
+    first point is the first value, not a fraction of it); ``weight`` 0 passes values through.
+    Feed it finite values only (the dashboards' streaming curves, :func:`smooth_ema`)."""
+
+    def __init__(self, weight: float):
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {weight!r}")
+        self.weight, self._m, self._n = float(weight), 0.0, 0
+
+    def __call__(self, value: float) -> float:
+        w = self.weight
+        self._m, self._n = w * self._m + (1 - w) * value, self._n + 1
+        return self._m / (1 - w ** self._n)
+
+
 def smooth_ema(values: Sequence[float], weight: float) -> list[float | None]:
-    """TensorBoard's smoothing: a debiased exponential moving average,
-    ``m_k = weight * m_{k-1} + (1 - weight) * v_k`` shown as ``m_k / (1 - weight**n_k)`` with
-    ``n_k`` the finite values seen so far (so the first point is the first value, not a fraction
-    of it). NaN/inf values are skipped and come back as ``None`` (a gap); ``weight`` 0 returns the
-    values unchanged.
-    """
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {weight!r}")
-    out: list[float | None] = []
-    m, n = 0.0, 0
-    for v in values:
-        v = float(v)
-        if not math.isfinite(v):
-            out.append(None)
-            continue
-        m, n = weight * m + (1 - weight) * v, n + 1
-        out.append(m / (1 - weight ** n))
-    return out
+    """:class:`RunningEma` over ``values``; NaN/inf values are skipped and come back as ``None``
+    (a gap); ``weight`` 0 returns the values unchanged."""
+    ema = RunningEma(weight)
+    return [ema(v) if math.isfinite(v) else None for v in map(float, values)]
 
 
 def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train",
