@@ -219,7 +219,7 @@ else:
 # (early blocks get smaller gradients): the two failure modes Mix-LN combines against. **Not
 # reproduced here:** Mix-LN's more uniform gradients — with 3 Post-LN blocks out of 12 its
 # profile looks like Pre-LN's (compare `grad_cv`, the coefficient of variation across blocks).
-# Nor in longer or other runs we tried (mean of two seeds, `grad_cv` after training, Mix-LN
+# Nor in longer or other runs we tried (two seeds, `grad_cv` of their mean profile, Mix-LN
 # against Pre-LN): this setting for 400 steps 0.46 / 0.33; 200 steps at Adam lr 1e-3 0.21 / 0.17,
 # the same with 24 blocks 0.31 / 0.24; 200 steps of SGD at lr 0.1 0.16 / 0.11. The paper's models
 # have 70M–7B parameters and train on billions of tokens.
