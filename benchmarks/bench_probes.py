@@ -16,7 +16,9 @@ the overhead of the ``standard`` preset on a training run at its default schedul
    alone, to attribute the overhead. Target: under 10%. The preset runs as one probe that
    reuses the training step's forward pass and gradient (``workbench.probes.together``): its
    cost is the two smoothness passes plus bookkeeping. The floor those two passes set is printed.
-   3b. the same on the ConvNet (GN+WS) and the Pre-LN transformer (``--no-cases`` skips it).
+   3a. the same MLP at other run lengths (the default schedule probes ~11 times per run, so the
+   overhead is about a fixed cost per run). 3b. the same on the ConvNet (GN+WS) and the Pre-LN
+   transformer (``--no-cases`` skips 3a and 3b).
 
 One torch thread (peers.md §5: two threads are erratic on this machine kind).
 
@@ -182,6 +184,22 @@ def preset_overhead(steps: int, rounds: int) -> None:
     print("  target: standard under 10% of training time")
 
 
+def preset_overhead_by_length(lengths: list[int], rounds: int) -> None:
+    """The same MLP at other run lengths: the default schedule probes ~11 times whatever the
+    length, so the preset's cost is about fixed per run and its share falls like 1/steps."""
+    cfg = TrainConfig(model=MLPConfig(depth=3, width=64, norm="batch"), data=DIGITS,
+                      batch_size=32, eval_every=0)
+    print(f"\n3a. 'standard' by run length, same MLP ({rounds} interleaved rounds, medians)")
+    print(f"  {'steps':>6s} {'probe steps':>11s} {'overhead':>9s} {'extra ms/run':>13s}")
+    for steps in lengths:
+        times = _step_loop_times(cfg.replace(steps=steps), {"none": None, "standard": "standard"},
+                                 rounds)
+        base, std = statistics.median(times["none"]), statistics.median(times["standard"])
+        probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
+        print(f"  {steps:6d} {probe_steps:11d} {100 * (std / base - 1):8.1f}% "
+              f"{1e3 * (std - base):13.1f}")
+
+
 def preset_overhead_cases(steps: int, rounds: int) -> None:
     """The same comparison (none vs standard) on the other model families, at the same run
     length: the probe's passes grow with the model, its bookkeeping does not."""
@@ -224,6 +242,7 @@ def main() -> None:
     landscape_vs_peer(ds, args.batch, args.reps, args.peer_site)
     preset_overhead(args.steps, args.rounds)
     if not args.no_cases:
+        preset_overhead_by_length([200, args.steps * 2, args.steps * 4], args.rounds)
         preset_overhead_cases(args.steps, args.rounds)
 
 
