@@ -113,6 +113,9 @@ def test_stop_cancels_every_lane_within_a_second(app):
     (lambda a: setattr(a.lanes[0], "warmup_steps", 500), "warmup"),
     (lambda a: a.lanes[0].param.update(model="transformer", ws=True), "weight standardization"),
     (lambda a: [lane.param.update(enabled=False) for lane in a.lanes], "no lane is enabled"),
+    # within the width and depth limits, but 2e10 parameters: it froze the machine once
+    (lambda a: (a.param.update(width=256, depth=8), a.lanes[1].param.update(model="convnet")),
+     "lane 2 (convnet batch B=32 sgd 0.05 seed 1): this model has 20,043.7M parameters; at most 8M"),
 ])
 def test_bad_input_shows_a_message_and_starts_nothing(app, setup, message):
     setup(app)

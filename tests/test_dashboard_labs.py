@@ -140,6 +140,7 @@ def test_stop_within_a_second(cls, tmp_path):
     (DepthLab, {"depth": 3}, "Mix-LN at depth 3 has no Post-LN block"),
     (LandscapeLab, {"grid": 1000}, "grid points per axis"),
     (LandscapeLab, {"lr": -1.0}, "lr must be > 0"),
+    (CurvatureLab, {"model": "convnet", "width": 256, "depth": 4}, "78.3M parameters; at most 8M"),
 ])
 def test_bad_input_is_a_message(cls, setup, message, tmp_path):
     lab = _small(cls, tmp_path, **setup)

@@ -45,6 +45,10 @@ MAX_STEPS = 2000
 MAX_BATCH = 1024
 MAX_WIDTH = 256   # MLP width, ConvNet channels, transformer d_model
 MAX_DEPTH = 8     # MLP layers, ConvNet stages, transformer blocks
+# Width and depth alone do not bound a model: a ConvNet doubles its channels every stage, so
+# width 256 at 8 stages asks for ~10^10 parameters (it froze a 24 GB machine). A Pre-LN
+# transformer at the width and depth limits has ~6.3M.
+MAX_PARAMS = 8_000_000
 REFRESH_MS = 200  # 5 plot updates a second
 ISOLATIONS = ("process", "thread")
 SAVED_STATUSES = ("finished", "diverged")  # complete results; cancelled/failed runs are not kept
@@ -151,6 +155,33 @@ def check_limits(*, steps=None, batch_size=None, width=None, depth=None) -> None
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if value > top:
             raise ValueError(f"{name} must be at most {top} in the dashboard, got {value}")
+
+
+def count_parameters(cfg: TrainConfig) -> int:
+    """The parameters of the model ``cfg`` trains, counted on the meta device (no memory, no
+    initialization): the input and output sizes from a two-example copy of its data set."""
+    import dataclasses
+
+    import torch
+
+    from ..data import make_dataset
+    from ..models import build_model, fit_to_data
+
+    data = make_dataset(dataclasses.replace(cfg.data, n_train=2, n_test=1))
+    model_cfg = fit_to_data(cfg.model, data.input_shape, data.num_outputs, data.task, cfg.data.name)
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_size(cfg: TrainConfig) -> TrainConfig:
+    """``cfg``, or a ValueError when its model is over :data:`MAX_PARAMS` parameters."""
+    n = count_parameters(cfg)
+    if n > MAX_PARAMS:
+        raise ValueError(f"this model has {n / 1e6:,.1f}M parameters; at most "
+                         f"{MAX_PARAMS / 1e6:g}M in the dashboard (a ConvNet doubles its "
+                         "channels every stage: lower the width or the depth)")
+    return cfg
 
 
 # -- a training job ----------------------------------------------------------------------------

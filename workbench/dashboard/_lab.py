@@ -26,6 +26,7 @@ from ._jobs import (
     SLOTS,
     Job,
     check_limits,
+    check_model_size,
     data_config,
     datasets_for,
     store_for,
@@ -122,6 +123,8 @@ class ProbeLab(SessionApp):
                          depth=self.depth)
             self.validate()
             variants = self.variants()
+            for _, cfg in variants:
+                check_model_size(cfg)
         except (ValueError, TypeError) as exc:
             self.show_error(str(exc))
             self.status.object = "not started: fix the value above"

@@ -28,6 +28,7 @@ from ._jobs import (
     SLOTS,
     Job,
     check_limits,
+    check_model_size,
     data_config,
     datasets_for,
     store_for,
@@ -114,11 +115,11 @@ class Lane(param.Parameterized):
         else:
             model = MODELS["mlp"][0](norm=self.norm, norm_options=options, ws=self.ws,
                                      width=width, depth=depth)
-        return TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
+        return check_model_size(TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
                            batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                            optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
                            warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                           eval_every=0)
+                           eval_every=0))
 
 
 class _Curve:
