@@ -115,11 +115,12 @@ class Lane(param.Parameterized):
         else:
             model = MODELS["mlp"][0](norm=self.norm, norm_options=options, ws=self.ws,
                                      width=width, depth=depth)
-        return check_model_size(TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
-                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
-                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
-                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                           eval_every=0))
+        cfg = TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
+                          batch_size=self.batch_size, micro_batch=self.micro_batch or None,
+                          optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
+                          warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
+                          eval_every=0)
+        return check_model_size(cfg)
 
 
 class _Curve:
