@@ -165,12 +165,11 @@ def count_parameters(cfg: TrainConfig) -> int:
     import torch
 
     from ..data import make_dataset
-    from ..models import build_model, fit_to_data
+    from ..models import build_model
 
     data = make_dataset(dataclasses.replace(cfg.data, n_train=2, n_test=1))
-    model_cfg = fit_to_data(cfg.model, data.input_shape, data.num_outputs, data.task, cfg.data.name)
     with torch.device("meta"):
-        model = build_model(model_cfg)
+        model = build_model(cfg.model_for(data))
     return sum(p.numel() for p in model.parameters())
 
 

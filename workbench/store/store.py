@@ -94,9 +94,9 @@ class RunStore:
         meta = json.loads((folder / "meta.json").read_text())
         config = json.loads((folder / "config.json").read_text())
         frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
-        for col in ("converged",):  # object columns: Parquet's nulls come back as None, not NaN
-            if col in frame and frame[col].dtype == object:
-                frame[col] = frame[col].where(frame[col].notna(), float("nan"))
+        if "converged" in frame and frame["converged"].dtype == object:
+            # NaN (rows without a convergence flag) comes back from Parquet as None
+            frame["converged"] = frame["converged"].where(frame["converged"].notna(), float("nan"))
         known = {"run_id", "status", "error", "diverged_step", "steps_done", "wall_time", "started_at"}
         return Run(run_id=run_id, config=config, status=meta["status"], frame=frame,
                    error=meta.get("error"), diverged_step=meta.get("diverged_step"),
@@ -126,16 +126,14 @@ class RunStore:
         import torch
 
         from ..data import make_dataset
-        from ..models import build_model, fit_to_data
+        from ..models import build_model
         from ..train.config import TrainConfig
 
         run, state = self.get(run_id), self.weights(run_id, device)
         cfg = TrainConfig.from_dict(run.config)
         dataset = make_dataset(cfg.data).to(device)
-        model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
-                                cfg.data.name)
         with torch.random.fork_rng(devices=[]):  # initialization draws: overwritten below
-            model = build_model(model_cfg)
+            model = build_model(cfg.model_for(dataset))
         model.load_state_dict(state)
         run.model, run.dataset = model.to(device).train(), dataset
         return run

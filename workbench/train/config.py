@@ -14,6 +14,7 @@ from ..models import (
     TransformerConfig,
     config_from_dict,
     config_to_dict,
+    fit_to_data,
 )
 from ..store.run import config_hash
 from .optim import OPTIMIZERS
@@ -151,6 +152,12 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def model_for(self, dataset) -> ModelConfig:
+        """The model config with the data set's sizes filled in (what ``build_model`` takes):
+        the trainer, ``RunStore.restore`` and the dashboards' size check build from it."""
+        return fit_to_data(self.model, dataset.input_shape, dataset.num_outputs, dataset.task,
+                           self.data.name)
 
     @classmethod
     def smoke(cls) -> TrainConfig:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..data import BatchSampler, make_dataset, split_micro
-from ..models import build_model, fit_to_data
+from ..models import build_model
 from ..probes import PRESETS, PROBES
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
@@ -262,8 +262,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     step = 0
     try:
         dataset = make_dataset(cfg.data).to(device)  # own generators: no global RNG involved
-        model_cfg = fit_to_data(cfg.model, dataset.input_shape, dataset.num_outputs, dataset.task,
-                                cfg.data.name)
+        model_cfg = cfg.model_for(dataset)
         # Model init is the one consumer of the global RNG (data, sampler and probes use their
         # own generators), so seeding and building under a lock keeps concurrent runs
         # (dashboards train in threads) reproducible.
