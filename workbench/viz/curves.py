@@ -38,6 +38,12 @@ def diverged_marker(step: float, value: float, *, name: str = "diverged", showle
                       hovertemplate=f"{name} at step %{{x}}<extra></extra>")
 
 
+def check_smoothing(weight: float) -> None:
+    """A ValueError unless ``weight`` is an EMA weight in [0, 1)."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {weight!r}")
+
+
 class RunningEma:
     """TensorBoard's smoothing, one value at a time: a debiased exponential moving average,
     ``m_k = weight * m_{k-1} + (1 - weight) * v_k`` shown as ``m_k / (1 - weight**k)`` (so the
@@ -45,8 +51,7 @@ class RunningEma:
     Feed it finite values only (the dashboards' streaming curves, :func:`smooth_ema`)."""
 
     def __init__(self, weight: float):
-        if not 0.0 <= weight < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {weight!r}")
+        check_smoothing(weight)
         self.weight, self._m, self._n = float(weight), 0.0, 0
 
     def __call__(self, value: float) -> float:
@@ -89,7 +94,7 @@ def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train
     import plotly.colors
     import plotly.graph_objects as go
 
-    smooth_ema([], smoothing)  # a bad weight fails before any drawing
+    check_smoothing(smoothing)
     palette = plotly.colors.qualitative.Plotly
     for col in ("step", "probe", "metric", "value", color):
         if col not in frame.columns:
