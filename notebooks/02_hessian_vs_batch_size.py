@@ -113,6 +113,8 @@ assert 0.2 < fits["lr_sgd_exponent"] <= 1.0
 # NBVAL_IGNORE_OUTPUT
 import plotly.graph_objects as go  # noqa: E402
 
+from workbench.viz import labelled_hline  # noqa: E402
+
 
 def lambda_figure(per_b, fits, title):
     lam = per_b.lambda_max_mean.loc[SIZES]
@@ -120,10 +122,10 @@ def lambda_figure(per_b, fits, title):
     fig = go.Figure(go.Scatter(x=SIZES, y=lam, mode="markers", name="λ_max(H_B), mean of 8 batches",
                                error_y={"array": per_b.lambda_max_std.loc[SIZES]}))
     fig.add_scatter(x=grid, y=fits["fit_lambda_full"] + fits["fit_c"] / grid, mode="lines", name="a + c/B")
-    fig.add_hline(y=per_b.lambda_max.dropna().iloc[0], line_dash="dot", annotation_text="full data")
     fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="batch size B",
                       yaxis_title="top Hessian eigenvalue", title=title)
-    return fig
+    # after the log axis is set: plotly places a label on a log axis by log10 of its value
+    return labelled_hline(fig, per_b.lambda_max.dropna().iloc[0], "full data", dash="dot")
 
 
 lambda_figure(per_b, fits, "Mini-batch Hessian top eigenvalue vs batch size")

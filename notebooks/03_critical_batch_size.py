@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -101,6 +103,8 @@ assert BATCHES[0] < fit.b_crit < BATCHES[-1], "the knee should lie inside the sw
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from workbench.viz import labelled_hline  # noqa: E402
+
 
 def trade_off_figure(steps, fit):
     fig = make_subplots(rows=1, cols=2, subplot_titles=("steps to target vs B", "S/S_min vs E/E_min"))
@@ -167,9 +171,9 @@ assert 0.1 < ratio < 10, f"B_simple / B_crit = {ratio:.2f}: not within an order 
 fig = go.Figure()
 for c in ["b_simple", "b_simple_two_batch", "b_noise"]:
     fig.add_scatter(x=gns.index, y=gns[c], mode="lines+markers", name=c)
-fig.add_hline(y=fit.b_crit, line_dash="dot", annotation_text="fitted B_crit")
 fig.update_layout(yaxis_type="log", xaxis_title="step", yaxis_title="batch size",
                   title="Gradient noise scale during a B = 64 run")
+labelled_hline(fig, fit.b_crit, "fitted B_crit", dash="dot")  # after the log axis: see its doc
 
 # %% [markdown]
 # ## Try it yourself

@@ -186,6 +186,23 @@ def test_smoothing_is_a_debiased_ema_drawn_over_the_faint_raw_line():
             metric_curves(frame, smoothing=bad)
 
 
+def test_labelled_hline_puts_its_label_on_the_line_on_log_and_linear_axes():
+    import plotly.graph_objects as go
+
+    from workbench.viz import labelled_hline
+
+    for axis, label_y in (("log", 2.0), ("linear", 100.0)):
+        fig = go.Figure(go.Scatter(x=[1, 2], y=[1, 1000]))
+        fig.update_yaxes(type=axis)
+        labelled_hline(fig, 100.0, "full data")
+        (line,), (label,) = fig.layout.shapes, fig.layout.annotations
+        assert line.y0 == line.y1 == 100.0 and (label.y, label.text) == (label_y, "full data")
+    fig = go.Figure()
+    fig.update_yaxes(type="log")
+    labelled_hline(fig, -1.0, "below zero")  # no place on a log axis: the line, no label
+    assert len(fig.layout.shapes) == 1 and not fig.layout.annotations
+
+
 def test_all_slots_busy_is_a_message_not_a_queue(live, monkeypatch):
     from workbench.dashboard import _jobs
 

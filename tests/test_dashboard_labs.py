@@ -44,6 +44,47 @@ def test_curvature_draws_spectra_lambda_law_lr_and_trace(tmp_path):
     assert lam.layout.yaxis.type == "log" and min(lam.data[1].y) > 0  # fit on relative residuals
     assert all(v > 0 for v in lr.data[0].y) and len(trace.data[0].x) == 3
     assert len(lab.loss_fig.data[0].x) == 30
+    # the stable rate of the run's optimizer (SGD, heavy-ball momentum 0.9: 3.8 / lambda_max),
+    # its fitted law, and the run itself at (B, lr)
+    rows = lab.result.set_index(["metric", "batch_size"]).value
+    assert list(lr.data[0].x) == [8, 32, 128]
+    assert list(lr.data[0].y) == pytest.approx([3.8 / rows["lambda_max_mean", b] for b in (8, 32, 128)])
+    assert lr.layout.title.text == "largest stable learning rate (SGD, momentum 0.9)"
+    assert "3.8 / (" in lr.data[1].name
+    assert (list(lr.data[2].x), list(lr.data[2].y)) == ([32], [0.05])
+    assert lr.data[2].name == "this run: B=32, lr=0.05"
+    # the full-data lines' labels sit at their lines: on a log axis plotly places an annotation
+    # by the log10 of its value (a shape by the value)
+    n = rows.index.get_level_values("batch_size").max()
+    for fig, value in ((lam, rows["lambda_max", n]), (lr, rows["lr_max_sgd", n]),
+                       (trace, rows["trace", n])):
+        (line,), (label,) = fig.layout.shapes, fig.layout.annotations
+        assert line.y0 == line.y1 == pytest.approx(value)
+        log = fig.layout.yaxis.type == "log"
+        assert label.y == pytest.approx(np.log10(value) if log else value)
+        assert label.text == f"full data {value:.3g}"
+
+
+def test_curvature_stable_rate_follows_the_optimizer(tmp_path):
+    """Adam: the Adam-preconditioned curvature and (1 + beta1) / (1 - beta1) * 2 (38 at 0.9);
+    LARS: plain gradient descent's curve, and the run is not placed on it."""
+    lab = _small(CurvatureLab, tmp_path, batch_sizes=[8, 32], max_iter=10, steps=10,
+                 optimizer="adam", lr=1e-3)
+    assert lab.start()
+    _run_to_end(lab)
+    lr = lab.plots[2].object
+    rows = lab.result.set_index(["metric", "batch_size"]).value
+    assert list(lr.data[0].y) == pytest.approx([38 / rows["adam_lambda_max_mean", b] for b in (8, 32)])
+    assert lr.layout.title.text == "largest stable learning rate (Adam, β1 0.9)"
+    assert lr.data[-1].name == "this run: B=32, lr=0.001"
+    lab.optimizer, lab.lr = "lars", 1.0
+    assert lab.start()
+    _run_to_end(lab)
+    lr = lab.plots[2].object
+    rows = lab.result.set_index(["metric", "batch_size"]).value
+    assert list(lr.data[0].y) == pytest.approx([2 / rows["lambda_max_mean", b] for b in (8, 32)])
+    assert "trust ratios not modeled" in lr.layout.title.text
+    assert not any((t.name or "").startswith("this run") for t in lr.data)
 
 
 def test_depth_heatmaps_per_placement(tmp_path):

@@ -1,5 +1,7 @@
 """hessian_vs_batch_size against the spiked least-squares closed form (papers.md §2.2), and
 gradient_noise_scale against brute-force per-example gradients and a dense Hessian."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 from workbench.models import MLPConfig, build_model
 from workbench.probes import gradient_noise_scale, hessian_top_eigs, hessian_vs_batch_size
 from workbench.probes.gradient_noise_scale import per_example_grads
-from workbench.probes.hessian_vs_batch_size import fit_inverse_b
+from workbench.probes.hessian_vs_batch_size import fit_inverse_b, stable_lr_factor
 
 CE = F.cross_entropy
 
@@ -153,3 +155,64 @@ def test_noise_scale_falls_back_for_powernorm_and_rejects_bad_batches():
         gradient_noise_scale(model, (x[:1], y[:1]), CE)
     with pytest.raises(ValueError, match="small_batch=24"):
         gradient_noise_scale(model, (x, y), CE, small_batch=24)
+
+
+@pytest.mark.parametrize("momentum, nesterov, dampening", [
+    (0.0, False, 0.0), (0.5, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0),
+    (0.9, False, 0.9),  # buf = 0.9 buf + 0.1 g: Adam's first moment with a frozen preconditioner
+])
+def test_stable_lr_factor_is_where_torch_sgd_starts_to_diverge(momentum, nesterov, dampening):
+    """The threshold against PyTorch's own optimizer on a quadratic of curvature lam: 2% below it
+    the iterate shrinks, 2% above it grows."""
+    lam = 3.0
+    k = stable_lr_factor(momentum, nesterov=nesterov, ema=dampening > 0)
+
+    def final_size(lr):
+        w = torch.ones(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening)
+        for _ in range(3000):
+            opt.zero_grad()
+            (0.5 * lam * w.square()).sum().backward()
+            opt.step()
+        return abs(float(w.detach()))
+
+    assert final_size(0.98 * k / lam) < 1e-3
+    assert final_size(1.02 * k / lam) > 1e3
+
+
+def test_lr_max_follows_the_optimizer_momentum():
+    """lr_max_sgd / lr_max_adam are the factor of the optimizer over lambda_max, for every size
+    and the full data; the full-data value on an explicit least-squares Hessian."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(512, 1, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(6, 1, bias=False).double()
+    lam_full = float(torch.linalg.eigvalsh(x.T @ x / len(x))[-1])  # half_mse: H = X^T X / N
+    f = hessian_vs_batch_size(model, (x, y), half_mse, batch_sizes=[32, 128], num_batches=2,
+                              trace_matvecs=0, tol=1e-6, max_iter=20, momentum=0.9, nesterov=True,
+                              adam_beta1=0.9)
+    v = f.set_index(["metric", "batch_size"]).value
+    k = 2 * 1.9 / 2.8
+    assert v["lr_max_sgd", 512] == pytest.approx(k / lam_full, rel=1e-6)
+    for b in (32, 128):
+        assert v["lr_max_sgd", b] == pytest.approx(k / v["lambda_max_mean", b])
+        assert v["lr_max_adam", b] == pytest.approx(38 / v["adam_lambda_max_mean", b])
+    plain = hessian_vs_batch_size(model, (x, y), half_mse, batch_sizes=[32, 128], num_batches=2,
+                                  trace_matvecs=0, tol=1e-6, max_iter=20)
+    p = plain.set_index(["metric", "batch_size"]).value
+    assert p["lr_max_sgd", 512] == pytest.approx(2 / lam_full, rel=1e-6)
+    # the exponents are log-log slopes: a constant factor does not move them
+    fits = f[f.batch_size.isna()].set_index("metric").value
+    pfits = plain[plain.batch_size.isna()].set_index("metric").value
+    assert fits["lr_sgd_exponent"] == pytest.approx(pfits["lr_sgd_exponent"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"momentum": 1.0}, "momentum must be a number in [0, 1), got 1.0"),
+    ({"momentum": -0.1}, "momentum must be a number in [0, 1)"),
+    ({"adam_beta1": 1.5}, "adam_beta1 must be a number in [0, 1), got 1.5"),
+])
+def test_bad_momentum_is_a_clear_error(kwargs, message):
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        hessian_vs_batch_size(torch.nn.Linear(3, 1), (x, y), half_mse, batch_sizes=[16], **kwargs)

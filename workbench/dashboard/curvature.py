@@ -3,7 +3,8 @@
 Trains one model live (:class:`~._lab.ProbeLab`), then, in its training process, measures
 ``probes.hessian_vs_batch_size`` on its training set: overlaid densities per batch size,
 ``lambda_max`` against B with the fitted ``a + c/B`` law, the implied largest stable learning rate
-``2/lambda_max``, and the trace.
+for the run's optimizer (``2 (1 + momentum) / lambda_max`` for SGD with heavy-ball momentum) with
+the run itself placed against it, and the trace.
 """
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ from ._lab import ProbeLab
 from ._session import page, plotly_pane
 
 BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def stable_lr_options(cfg) -> dict:
+    """``stable_lr_figure``'s options for a run: which rates, the title, and the run's own point
+    where the drawn threshold is its optimizer's (SGD with its momentum, Adam with its beta1; for
+    LARS/LAMB the curve is plain gradient descent's and the run is not placed on it)."""
+    if cfg.optimizer == "sgd":
+        kind = "Nesterov momentum" if cfg.nesterov else "momentum"
+        what = f"SGD, {kind} {cfg.momentum:g}" if cfg.momentum else "SGD without momentum"
+    elif cfg.optimizer in ("adam", "adamw"):
+        what = f"{'Adam' if cfg.optimizer == 'adam' else 'AdamW'}, β1 {cfg.betas[0]:g}"
+    else:
+        return {"what": f"plain gradient descent; {cfg.optimizer.upper()}'s trust ratios not modeled"}
+    return {"optimizer": cfg.optimizer, "what": what, "run_lr": cfg.lr,
+            "run_batch_size": cfg.batch_size}
 
 
 class CurvatureLab(ProbeLab):
@@ -54,14 +70,15 @@ class CurvatureLab(ProbeLab):
     def after(self):
         return functools.partial(hessian_vs_batch_size_after, batch_sizes=list(self.batch_sizes),
                                  num_batches=self.num_batches, max_iter=self.max_iter,
-                                 density_steps=20, adam=False, mode=self.mode, seed=self.seed)
+                                 density_steps=20, mode=self.mode, seed=self.seed)
 
     def draw_results(self) -> None:
-        frames = [j.extra for j in self.jobs if j.done and j.extra is not None]
-        if not frames:
+        done = [j for j in self.jobs if j.done and j.extra is not None]
+        if not done:
             return
-        self.result = frames[0]
-        for plot, f in zip(self.plots, (density_figure, lambda_max_figure, stable_lr_figure,
+        self.result, cfg = done[0].extra, done[0].cfg
+        for plot, f in zip(self.plots, (density_figure, lambda_max_figure,
+                                        functools.partial(stable_lr_figure, **stable_lr_options(cfg)),
                                         trace_figure), strict=True):
             plot.object = f(self.result)
 

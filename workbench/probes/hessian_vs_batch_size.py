@@ -7,6 +7,13 @@ Rates as a Function of Batch Size") predicts ``lambda_max(H_B) ~ lambda_full + c
 BBP-type outlier shift), so ``2/lambda_max`` grows about linearly in B until it saturates; with
 Adam's diagonal preconditioner ``P_B = diag(sqrt(v_B) + eps)``, ``v_B`` the mean squared
 mini-batch gradient, the same for ``P^-1/2 H_B P^-1/2`` (square-root scaling).
+
+The largest stable learning rate is that of the optimizer's iteration on the local quadratic
+(:func:`stable_lr_factor`): ``2 / lambda`` for plain gradient descent, ``2 (1 + beta) / lambda``
+with heavy-ball momentum ``beta`` (PyTorch's SGD), ``2 (1 + beta) / ((1 + 2 beta) lambda)`` with
+Nesterov momentum, and ``2 (1 + beta1) / ((1 - beta1) lambda)`` for Adam's exponential moving
+average with a frozen preconditioner (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge
+of Stability": 38 / lambda at beta1 = 0.9).
 """
 from __future__ import annotations
 
@@ -23,6 +30,29 @@ from .hvp import KINDS, MODES, TIDY, check_batch, curvature_operator, random_vec
 from .lanczos import lanczos_eigs, lanczos_quadrature
 
 COLUMNS = TIDY[1:] + ["batch_size", "eigenvalue"]
+
+
+def stable_lr_factor(momentum: float = 0.0, *, nesterov: bool = False, ema: bool = False,
+                     name: str = "momentum") -> float:
+    """``k`` such that the iteration is stable on a quadratic of curvature ``lambda`` exactly when
+    ``lr * lambda < k``.
+
+    With ``h = lr * lambda``, PyTorch's SGD (``buf = momentum * buf + g``, step ``lr * buf``) is the
+    linear map ``(w, lr * buf) -> ((1 - h) w - momentum lr buf, h w + momentum lr buf)``; its
+    eigenvalue reaches -1 at ``h = 2 (1 + momentum)``, with Nesterov's step ``lr (g + momentum buf)``
+    at ``h = 2 (1 + momentum) / (1 + 2 momentum)``. ``ema``: the momentum buffer is an exponential
+    moving average (``buf = momentum * buf + (1 - momentum) g``, Adam's first moment), i.e. the
+    heavy ball with ``h (1 - momentum)``: ``2 (1 + momentum) / (1 - momentum)``.
+    """
+    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+        raise ValueError(f"{name} must be a number in [0, 1), got {momentum!r}")
+    if nesterov and ema:
+        raise ValueError("nesterov and ema (Adam's moving average) do not combine")
+    if nesterov:
+        return 2 * (1 + momentum) / (1 + 2 * momentum)
+    if ema:
+        return 2 * (1 + momentum) / (1 - momentum)
+    return 2 * (1 + momentum)
 
 
 class _Preconditioned:
@@ -60,6 +90,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
                           mode: str = "train", kind: str = "hessian", params=None, max_iter: int = 40,
                           tol: float = 1e-2, trace_matvecs: int = 9, density_steps: int = 0,
                           density_points: int = 60, adam: bool = True, adam_eps: float = 1e-8,
+                          momentum: float = 0.0, nesterov: bool = False, adam_beta1: float = 0.0,
                           seed: int = 0) -> pd.DataFrame:
     """Extremal eigenvalues, trace (and density) of mini-batch Hessians for several batch sizes.
 
@@ -78,12 +109,17 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
             network piecewise linear in each parameter) it is used instead, at no products.
         density_steps: SLQ steps (2 runs) per Hessian, averaged into a density per B (0: none).
         adam: also the Adam-preconditioned Hessian ``P^-1/2 H P^-1/2``, ``P = diag(sqrt(v_B)+eps)``.
+        momentum, nesterov: SGD's, for ``lr_max_sgd`` (:func:`stable_lr_factor`; default: plain
+            gradient descent, ``2 / lambda_max``). Weight decay ``wd`` would add ``wd`` to every
+            eigenvalue; it is not included.
+        adam_beta1: Adam's first-moment decay, for ``lr_max_adam`` (default 0: ``2 / lambda``).
         seed: of the batch draws and probe vectors (local generators).
 
     Returns:
         Tidy rows with a ``batch_size`` column (N for the full data): per B ``lambda_max_mean``,
         ``lambda_max_std``, ``lambda_min_mean``/``_std``, ``trace_mean``/``_std``,
-        ``lr_max_sgd`` (``2 / lambda_max_mean``), ``adam_lambda_max_mean``/``_std``,
+        ``lr_max_sgd`` (``k / lambda_max_mean``, ``k = 2`` without momentum),
+        ``adam_lambda_max_mean``/``_std``,
         ``lr_max_adam``; the same without ``_mean`` for the full data (``lambda_max`` ...); the
         fit ``fit_lambda_full``, ``fit_c``, ``fit_r2`` of ``lambda_max_mean = a + c / B`` (on
         relative residuals, :func:`fit_inverse_b`; ``a`` predicts the full-data value); the
@@ -110,6 +146,8 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
             raise ValueError(f"batch size {b} must be smaller than the data source's {n} examples; "
                              f"valid: 1..{n - 1}")
     check_positive("num_batches", num_batches, integer=True)
+    k_sgd = stable_lr_factor(momentum, nesterov=nesterov)
+    k_adam = stable_lr_factor(adam_beta1, ema=True, name="adam_beta1")
     gen = torch.Generator().manual_seed(seed)
     rows, results = [], {}
     exact_names = None  # the parameters whose exact trace shares add up to the trace
@@ -168,11 +206,12 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
                              (f"{key}_std", label, float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                               hv, len(specs), conv, b, np.nan)]
             lam = np.mean([s["lambda_max"] for s in specs])
-            rows.append(("lr_max_sgd", label, 2 / lam if lam > 0 else np.inf, hv, len(specs), conv, b, np.nan))
+            rows.append(("lr_max_sgd", label, k_sgd / lam if lam > 0 else np.inf, hv, len(specs), conv, b,
+                         np.nan))
             if adam:
                 lam_a = np.mean([s["adam_lambda_max"] for s in specs])
-                rows.append(("lr_max_adam", label, 2 / lam_a if lam_a > 0 else np.inf, hv, len(specs),
-                             conv, b, np.nan))
+                rows.append(("lr_max_adam", label, k_adam / lam_a if lam_a > 0 else np.inf, hv,
+                             len(specs), conv, b, np.nan))
         rows += _fits(results, batch_sizes, label, adam)
         if density_steps:
             rows += _densities(results, label, density_points)

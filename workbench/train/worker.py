@@ -119,9 +119,18 @@ def warm_up() -> None:
 # -- after-training probes of the dashboards (picklable with functools.partial) ----------------
 def hessian_vs_batch_size_after(run, cancel, *, batch_sizes, **kwargs):
     """``probes.hessian_vs_batch_size`` on the trained model and its training set (the sizes
-    below the training set's size)."""
+    below the training set's size). The largest stable learning rates are for the run's own
+    optimizer: SGD's momentum and Nesterov flag; for Adam/AdamW (unless ``adam`` is given) the
+    Adam-preconditioned Hessian too, with the run's beta1."""
     from ..probes import hessian_vs_batch_size
 
+    cfg = run.config
+    adam = kwargs.setdefault("adam", cfg["optimizer"] in ("adam", "adamw"))
+    if cfg["optimizer"] == "sgd":
+        kwargs.setdefault("momentum", cfg["momentum"])
+        kwargs.setdefault("nesterov", cfg["nesterov"])
+    elif adam and cfg["optimizer"] in ("adam", "adamw"):
+        kwargs.setdefault("adam_beta1", cfg["betas"][0])
     sizes = sorted(b for b in batch_sizes if b < run.dataset.n_train)
     return hessian_vs_batch_size(run.model, run.dataset, run.dataset.loss_fn, batch_sizes=sizes,
                                  **kwargs)

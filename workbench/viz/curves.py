@@ -147,3 +147,18 @@ def live_loss_figure(title: str = "training loss", log_y: bool = True):
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def labelled_hline(fig, value: float, text: str, *, dash: str = "dash"):
+    """A horizontal line at ``value`` across the plot, labelled ``text`` at its right end.
+
+    Call it once the y axis type is set: on a log axis plotly places a shape by its value but an
+    annotation by the value's log10 (plotly.js#6880), so ``fig.add_hline(annotation_text=...)``
+    puts the label of a line at 2 at 10**2. Non-positive values on a log axis get no label."""
+    fig.add_hline(y=value, line_dash=dash)
+    log = fig.layout.yaxis.type == "log"
+    if log and not value > 0:
+        return fig
+    fig.add_annotation(x=1, xref="x domain", xanchor="right", yanchor="bottom", showarrow=False,
+                       y=math.log10(value) if log else value, yref="y", text=text)
+    return fig
