@@ -135,7 +135,9 @@ lambda_figure(per_b, fits, "Mini-batch Hessian top eigenvalue vs batch size")
 # For B ∈ {8, 32, 128, 512}, plain SGD (no momentum) from scratch, 100 steps, learning rates on a
 # √2-spaced grid from 0.25 upward; a rate "trains" if the run does not diverge and the loss of its
 # last 10 steps is below half that of its first 3. We report the largest rate below the first
-# one that fails.
+# one that fails. (Plain SGD, because 2/λ is plain gradient descent's limit on a quadratic; with
+# heavy-ball momentum β it is 2(1+β)/λ, 3.8/λ at β = 0.9: `hessian_vs_batch_size(...,
+# momentum=0.9)` reports that, and the Curvature dashboard uses the run's own momentum.)
 
 # %%
 LR_GRID = 2.0 ** np.arange(-2, 3.01, 0.5)
