@@ -11,6 +11,8 @@ pytest.importorskip("panel")
 from workbench.dashboard.curvature import CurvatureLab, curvature_app
 from workbench.dashboard.depth import DepthLab, depth_app
 from workbench.dashboard.landscape import LandscapeLab, landscape_app
+from workbench.store import RunStore
+from workbench.viz.curves import smooth_ema
 
 LABS = [CurvatureLab, DepthLab, LandscapeLab]
 
@@ -85,6 +87,27 @@ def test_curvature_stable_rate_follows_the_optimizer(tmp_path):
     assert list(lr.data[0].y) == pytest.approx([2 / rows["lambda_max_mean", b] for b in (8, 32)])
     assert "trust ratios not modeled" in lr.layout.title.text
     assert not any((t.name or "").startswith("this run") for t in lr.data)
+
+
+def test_lab_loss_lines_are_smoothed_and_redrawn_when_the_weight_changes(tmp_path):
+    lab = _small(DepthLab, tmp_path, depth=2, steps=25, probe_every=10, placements=["pre", "post"])
+    assert lab.start()
+    _run_to_end(lab)
+    store = RunStore(tmp_path / "runs")
+    raw = {name: store.get(cfg.run_id).metric("loss").tolist() for name, cfg in lab.variants()}
+    assert lab.loss_fig.layout.title.text == "training loss (smoothed: EMA 0.9)"
+    for i, name in enumerate(lab.names):
+        assert len(raw[name]) == 25
+        assert list(lab.loss_fig.data[i].y) == pytest.approx(smooth_ema(raw[name], 0.9))
+    lab.smoothing = 0.0  # after the run: redrawn at once, from the raw values
+    assert lab.loss_fig.layout.title.text == "training loss"
+    assert list(lab.loss_fig.data[1].y) == pytest.approx(raw[lab.names[1]])
+    lab.smoothing = 0.5
+    assert list(lab.loss_fig.data[0].y) == pytest.approx(smooth_ema(raw[lab.names[0]], 0.5))
+    lab.smoothing = 0.3  # before the next run: its lines start with this weight
+    assert lab.start()
+    _run_to_end(lab)
+    assert list(lab.loss_fig.data[0].y) == pytest.approx(smooth_ema(raw[lab.names[0]], 0.3))
 
 
 def test_depth_heatmaps_per_placement(tmp_path):
@@ -203,3 +226,19 @@ def test_diverged_run_is_marked_and_not_measured(tmp_path):
 def test_layouts(factory):
     names = {type(o).__name__ for o in factory(store_root=None, template=False).select()}
     assert {"Button", "Progress", "Plotly", "Alert"} <= names
+
+
+@pytest.mark.parametrize("cls", LABS)
+def test_form_follows_the_declared_order_with_view_controls_last(cls, tmp_path):
+    """``pn.Param`` alone orders by declaration (the base class's parameters first): the form
+    follows ``controls`` and puts the drawing-only ``smoothing`` after them."""
+    import panel as pn
+
+    lab = cls(store_root=tmp_path / "runs")
+    form = lab.view()[0][0]
+    shown = [w.name for piece in form if isinstance(piece, pn.Param) for w in piece.layout]
+    wanted = [lab.param[name].label for name in (*lab.controls, *lab.view_controls)]
+    assert shown == [label for label in wanted if label in shown]
+    assert shown[-1] == "Loss smoothing (EMA)"
+    groups = sum(not isinstance(piece, pn.Param) for piece in form)  # button/box groups
+    assert len(shown) + groups == len(wanted)

@@ -18,7 +18,7 @@ import param
 from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
-from ..viz.curves import diverged_marker
+from ..viz.curves import SmoothedCurve, diverged_marker, smoothed_title
 from ..viz.lanes import lanes_figure, thin
 from ._jobs import (
     DEFAULT_DATA,
@@ -47,9 +47,15 @@ class ProbeLab(SessionApp):
     lr = param.Number(default=0.05, label="Learning rate")
     steps = param.Integer(default=100, doc="train to this step, then measure")
     seed = param.Integer(default=0)
+    smoothing = param.Number(default=0.9, bounds=(0.0, 0.99), step=0.01,
+                             label="Loss smoothing (EMA)",
+                             doc="TensorBoard's debiased EMA of the training loss as drawn; 0 draws "
+                                 "the raw per-step values")
 
     controls: tuple[str, ...] = ("model", "norm", "dataset", "width", "depth", "batch_size",
                                  "optimizer", "lr", "steps", "seed")
+    # drawn after the subclass's controls: it changes the drawing, not the run
+    view_controls: tuple[str, ...] = ("smoothing",)
     title = "lab"
 
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
@@ -57,14 +63,29 @@ class ProbeLab(SessionApp):
         self.store = store_for(store_root)
         self.jobs: list[Job] = []
         self.names: list[str] = []
-        self._curves: list[tuple[list, list]] = []
+        self._curves: list[SmoothedCurve] = []
         self.probe_frames: list[list[pd.DataFrame]] = []
         self.progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
                                                bar_color="primary")
-        self.loss_fig = lanes_figure([], metric="loss", log_y=True, title="training loss")
+        self.loss_fig = lanes_figure([], metric="loss", log_y=True, title=self._loss_title())
         self.loss_plot = plotly_pane(self.loss_fig, height=300, sizing_mode="stretch_width",
                                         config={"displaylogo": False})
         self.status.object = "idle: choose a model and press **Train**"
+
+    def _loss_title(self) -> str:
+        return smoothed_title("training loss", self.smoothing)
+
+    @param.depends("smoothing", watch=True)
+    def _resmooth(self) -> None:
+        """Smooth the loss lines again with the new weight and redraw (also after a run)."""
+        self.loss_fig.layout.title.text = self._loss_title()
+        for i, curve in enumerate(self._curves):
+            curve.resmooth(self.smoothing)
+            self.loss_fig.data[i].x, self.loss_fig.data[i].y = thin(curve.xs, curve.drawn)
+        if self._pending_finish:
+            self._dirty = True
+        else:
+            self.loss_plot.param.trigger("object")
 
     @param.depends("model", watch=True)
     def _follow_model(self):
@@ -133,9 +154,9 @@ class ProbeLab(SessionApp):
         probes, every_n = self.probe_fns()
         after = self.after()
         self.names = [n for n, _ in variants]
-        self._curves = [([], []) for _ in variants]
+        self._curves = [SmoothedCurve(self.smoothing) for _ in variants]
         self.probe_frames = [[] for _ in variants]
-        self.loss_fig = lanes_figure(self.names, metric="loss", log_y=True, title="training loss")
+        self.loss_fig = lanes_figure(self.names, metric="loss", log_y=True, title=self._loss_title())
         self.loss_plot.object = self.loss_fig
         self.progress.max = sum(c.steps for _, c in variants)
         self.progress.value = 0
@@ -167,16 +188,15 @@ class ProbeLab(SessionApp):
         done_steps = 0
         for i, job in enumerate(self.jobs):
             points, frames = job.drain()
-            xs, ys = self._curves[i]
+            curve = self._curves[i]
             for step, m in points:
                 if math.isfinite(m["loss"]):
-                    xs.append(step)
-                    ys.append(m["loss"])
+                    curve.add(step, m["loss"])
             changed |= bool(points)
             measured |= bool(frames)
             self.probe_frames[i].extend(frames)
-            self.loss_fig.data[i].x, self.loss_fig.data[i].y = thin(xs, ys)
-            done_steps += (xs[-1] + 1) if xs else 0
+            self.loss_fig.data[i].x, self.loss_fig.data[i].y = thin(curve.xs, curve.drawn)
+            done_steps += (curve.xs[-1] + 1) if curve.xs else 0
         self.progress.value = min(done_steps, self.progress.max)
         states = {j.state for j in self.jobs}
         if "queued" in states:
@@ -208,7 +228,7 @@ class ProbeLab(SessionApp):
             run = job.result
             if run.status == "diverged":
                 step = run.diverged_step if run.diverged_step is not None else run.steps_done
-                ys = self._curves[i][1]
+                ys = self._curves[i].drawn  # at the end of the line drawn
                 self.loss_fig.add_trace(diverged_marker(step, ys[-1] if ys else 1.0,
                                                         name=f"{self.names[i]}: diverged at step {step}"))
                 notes.append(f"{self.names[i]} diverged at step {step}")
@@ -236,7 +256,7 @@ class ProbeLab(SessionApp):
                 "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput}
 
     def view(self) -> pn.viewable.Viewable:
-        form = param_form(self, list(self.controls), self.widgets())
+        form = param_form(self, [*self.controls, *self.view_controls], self.widgets())
         return pn.Row(
             pn.Column(form, pn.Row(self.train_button, self.stop_button)),
             pn.Column(self.alert, self.status, self.progress, self.loss_plot, self.results_view(),

@@ -91,14 +91,18 @@ GROUP_WIDGETS = (pn.widgets.CheckBoxGroup, pn.widgets.CheckButtonGroup, pn.widge
 
 
 def param_form(obj, parameters, widgets: dict, *, width: int = FORM_WIDTH) -> pn.Column:
-    """``pn.Param(obj, parameters=..., widgets=...)`` as a column, except that every parameter
-    shown as a button or box group gets its label above it (its ``doc`` as a hover title)."""
+    """``pn.Param(obj, parameters=..., widgets=...)`` as a column, in the order of
+    ``parameters`` (``pn.Param`` alone orders by declaration, base class first), except that
+    every parameter shown as a button or box group gets its label above it (its ``doc`` as a
+    hover title)."""
     pieces, run = [], []
+    order = {name: i for i, name in enumerate(parameters)}
 
     def flush():
         if run:
             pieces.append(pn.Param(obj, parameters=list(run), widgets={k: widgets[k] for k in run
                                                                         if k in widgets},
+                                   sort=lambda item: order.get(item[0], -1),
                                    show_name=False, width=width))
             run.clear()
 

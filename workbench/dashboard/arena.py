@@ -19,7 +19,7 @@ from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..train.schedules import LR_DECAY, LR_SCALING
-from ..viz.curves import RunningEma, diverged_marker
+from ..viz.curves import SmoothedCurve, diverged_marker, smoothed_title
 from ..viz.lanes import lanes_figure, probe_summary, probes_figure, thin
 from ._jobs import (
     DEFAULT_DATA,
@@ -123,27 +123,6 @@ class Lane(param.Parameterized):
         return check_model_size(cfg)
 
 
-class _Curve:
-    """One lane's metric as it streams in: steps, raw values and their EMA (what is drawn)."""
-
-    __slots__ = ("xs", "ys", "drawn", "_ema")
-
-    def __init__(self, smoothing: float):
-        self.xs: list[int] = []
-        self.ys: list[float] = []
-        self.drawn: list[float] = []
-        self._ema = RunningEma(smoothing)
-
-    def add(self, x: int, y: float) -> None:
-        self.xs.append(x)
-        self.ys.append(y)
-        self.drawn.append(self._ema(y))
-
-    def resmooth(self, smoothing: float) -> None:
-        self._ema = RunningEma(smoothing)
-        self.drawn = [self._ema(y) for y in self.ys]
-
-
 class Arena(SessionApp):
     """Up to four lanes trained live; one instance per browser session."""
 
@@ -170,7 +149,7 @@ class Arena(SessionApp):
                             for _ in range(NUM_LANES)]
         self.status.object = "idle: set up the lanes (or pick a preset) and press **Train**"
         self.preset_doc = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self._curves: list[dict[str, _Curve]] = [{} for _ in range(NUM_LANES)]  # lane -> metric
+        self._curves: list[dict[str, SmoothedCurve]] = [{} for _ in range(NUM_LANES)]  # lane -> metric
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self._last: list[tuple[int, dict] | None] = [None] * NUM_LANES  # latest (step, metrics)
@@ -240,7 +219,7 @@ class Arena(SessionApp):
             self.loss_fig, self.acc_fig, self.probe_fig)
         probes = probe_fns(self.probes)
         for i, cfg in configs:
-            self._curves[i] = {m: _Curve(self.smoothing) for m in ("loss", "accuracy")}
+            self._curves[i] = {m: SmoothedCurve(self.smoothing) for m in ("loss", "accuracy")}
             self._last[i] = None
             self._probe_frames[i] = []
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
@@ -270,8 +249,7 @@ class Arena(SessionApp):
 
     def _title_curves(self) -> None:
         for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
-            fig.layout.title.text = (f"{metric} (smoothed: EMA {self.smoothing:g})"
-                                     if self.smoothing else metric)
+            fig.layout.title.text = smoothed_title(metric, self.smoothing)
 
     @param.depends("log_y", watch=True)
     def _log_axis(self) -> None:

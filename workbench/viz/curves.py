@@ -60,6 +60,33 @@ class RunningEma:
         return self._m / (1 - w ** self._n)
 
 
+class SmoothedCurve:
+    """A metric as it streams in: steps, raw values and their :class:`RunningEma` (what the
+    dashboards draw), smoothed one point at a time and again in full when the weight changes."""
+
+    __slots__ = ("xs", "ys", "drawn", "_ema")
+
+    def __init__(self, smoothing: float):
+        self.xs: list[int] = []
+        self.ys: list[float] = []
+        self.drawn: list[float] = []
+        self._ema = RunningEma(smoothing)
+
+    def add(self, x: int, y: float) -> None:
+        self.xs.append(x)
+        self.ys.append(y)
+        self.drawn.append(self._ema(y))
+
+    def resmooth(self, smoothing: float) -> None:
+        self._ema = RunningEma(smoothing)
+        self.drawn = [self._ema(y) for y in self.ys]
+
+
+def smoothed_title(metric: str, smoothing: float) -> str:
+    """``"loss (smoothed: EMA 0.9)"``, or the bare name without smoothing."""
+    return f"{metric} (smoothed: EMA {smoothing:g})" if smoothing else metric
+
+
 def smooth_ema(values: Sequence[float], weight: float) -> list[float | None]:
     """:class:`RunningEma` over ``values``; NaN/inf values are skipped and come back as ``None``
     (a gap); ``weight`` 0 returns the values unchanged."""
