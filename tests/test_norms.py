@@ -296,6 +296,22 @@ def test_ghost_last_chunk_of_one_value_is_a_clear_error():
         ghost(torch.randn(5, C))
 
 
+@pytest.mark.parametrize("layout, shape", [("features", (1, 4)), ("conv", (1, 4, 1, 1)),
+                                           ("tokens", (1, 1, 4))])
+def test_batch_norm_on_one_value_per_channel_is_a_clear_error(layout, shape):
+    """torch's "Expected more than 1 value per channel" named neither the batch size nor the
+    norm; eval mode, and one example with several positions (conv, tokens), are fine."""
+    bn = make_norm("batch", 4, layout)
+    with pytest.raises(ValueError, match="batch norm in train mode needs more than one value per "
+                                         "channel.*batch size .*of at least 2"):
+        bn(torch.randn(shape))
+    bn.eval()
+    assert bn(torch.randn(shape)).shape == shape
+    bn.train()
+    wide = (1, 4, 3, 3) if layout == "conv" else (1, 5, 4) if layout == "tokens" else (2, 4)
+    assert bn(torch.randn(wide)).shape == wide
+
+
 @pytest.mark.parametrize("name", ["batch", "ghost_batch"])
 def test_replace_all_batch_norm_modules_works(name):
     net = nn.Sequential(make_norm(name, C, "conv", **VARIANTS.get(name, [{}])[0]))

@@ -122,6 +122,12 @@ def test_which_probe_lists_are_fused():
     assert list(both) == ["smoothness", "smoothness_small", "layer_norms"]  # two grids: not fused
     mixed = resolve_probes(["hessian_trace", "layer_norms", "smoothness"])
     assert list(mixed) == ["hessian_trace", "layer_norms+smoothness"]
+    # a preset in a list stands for its probes, each probe once
+    assert list(resolve_probes(["cheap", "hessian_trace", "layer_norms"])) == [
+        "layer_norms+channel_health", "hessian_trace"]
+    assert list(resolve_probes(["standard"])) == list(resolve_probes("standard"))
+    with pytest.raises(ValueError, match="unknown probe 'cheep'; choose one of: .* or a preset"):
+        resolve_probes(["cheep"])
 
 
 def test_bad_together_input():

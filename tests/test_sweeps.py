@@ -125,7 +125,14 @@ def test_failing_and_diverging_runs_are_recorded_and_the_rest_finish(tmp_path):
         result = run_sweep(sweep, store, "serial", progress=False)
     assert (result.counts["finished"], result.counts["failed"], result.counts["diverged"]) == (2, 1, 1)
     by_status = {store.get(r).status: store.get(r) for r in store.run_ids()}
-    assert "Expected more than 1 value per channel" in by_status["failed"].error
+    assert "batch norm in train mode needs more than one value per channel" in by_status["failed"].error
+    # a diverged run's final loss is not the mean of its finite steps: it must not rank
+    table = A.runs_table(store)
+    final = dict(zip(table.status, table.final_train_loss))
+    assert not np.isfinite(final["diverged"]) and np.isfinite(final["finished"])
+    stats = A.final_metric_table(table, by=["lr"]).set_index("lr")
+    assert (stats.loc[1e6, "n"], stats.loc[1e6, "n_diverged"]) == (0, 1)
+    assert np.isnan(stats.loc[1e6, "mean"])
     assert "failed" in result.summary() and by_status["failed"].run_id in result.summary()
     assert by_status["diverged"].diverged_step is not None
     assert run_sweep(sweep, store, "serial", progress=False).skipped == 4  # all four are results

@@ -71,6 +71,34 @@ def test_huge_lr_diverges_and_keeps_rows(tmp_path):
     assert stored.status == "diverged" and len(stored.frame) == len(run.frame)
 
 
+@pytest.mark.parametrize("probe", ["hessian_top_eigs", "hessian_trace", "hessian_vs_batch_size"])
+def test_a_curvature_probe_on_a_blown_up_model_leaves_the_run_diverged(probe, tmp_path):
+    """The probes run before the step's forward: on the step where the loss turns NaN/inf,
+    Lanczos fails on it first. The run is still diverged at that step with the same rows as
+    without the probe (the NaN loss included), not failed; a probe that fails on a finite loss
+    still fails it."""
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16), data=SMALL, steps=20, lr=1e6)
+    plain = train(cfg)
+    run = train(cfg, probes=[probe], schedule=every(1), store=RunStore(tmp_path))
+    assert plain.status == run.status == "diverged" and run.error is None
+    assert run.diverged_step == plain.diverged_step > 0
+
+    def train_rows(r):  # the per-step metrics but the wall clock
+        f = r.frame[(r.frame.probe == "train") & (r.frame.metric != "wall_time")]
+        return f[COLUMNS].reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(train_rows(run), train_rows(plain))
+    assert set(run.frame.probe) >= {"train", probe}
+    assert RunStore(tmp_path).get(run.run_id).status == "diverged"
+
+    def broken(model, batch, loss_fn):
+        raise RuntimeError("a bug in a probe")
+
+    with pytest.warns(RuntimeWarning, match="a bug in a probe"):
+        failed = train(cfg.replace(lr=0.05), probes={"broken": broken})
+    assert failed.status == "failed" and "a bug in a probe" in failed.error
+
+
 def test_cancel_stops_between_steps(tmp_path):
     token = CancelToken()
     seen = []
@@ -230,10 +258,33 @@ def test_config_round_trip_and_stable_id():
     (dict(lr=float("nan")), r"lr must be > 0"),
     (dict(data=DataConfig(name="markov")), r"model 'mlp' cannot take data set 'markov'.*transformer"),
     (dict(model=ConvNetConfig(), data=DataConfig(name="teacher")), r"'convnet' cannot take.*shapes, digits"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+    (dict(optimizer="lars", momentum=5.0), r"momentum must be in \[0, 1\), got 5.0"),
+    (dict(steps=5, warmup_steps=10), r"warmup_steps=10 is more than steps=5"),
+    (dict(model=MLPConfig(norm="batch"), batch_size=3, batch_schedule="norm_test", max_batch_size=64),
+     r"norm='batch' needs 2 examples per chunk: batch_size must be at least 4, got 3"),
 ])
 def test_bad_train_configs(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize("norm, batch_size, cap", [
+    ("batch", 6, 64), ("batch", 7, 64), ("ghost_batch", 6, 64), ("batch_channel", 5, 64),
+    ("none", 7, 64), ("batch", 16, 37),
+])
+def test_norm_test_runs_at_batch_sizes_without_four_equal_chunks(norm, batch_size, cap):
+    """The norm test splits a batch without micro-batches into chunks of B // k (the first k m
+    examples): B = 6, 7 or 37 have no four equal chunks, which once meant chunks of one example
+    that batch statistics cannot run on. It must train, test and grow like any batch size."""
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm=norm), data=SMALL,
+                      batch_size=batch_size, steps=40, batch_schedule="norm_test",
+                      max_batch_size=cap, norm_test_every=2, norm_test_theta=0.05)
+    run = train(cfg)
+    assert run.status == "finished", run.error
+    sizes = run.metric("batch_size")
+    assert sizes.iloc[0] == batch_size and sizes.iloc[-1] > batch_size  # the test ran, and grew
+    assert sizes.max() <= cap
 
 
 def test_concurrent_runs_are_reproducible():

@@ -61,10 +61,8 @@ class LandscapeLab(ProbeLab):
         """The stored runs with weights, newest first, as ``label -> run id`` choices."""
         runs = []
         if self.store is not None and self.direction == "stored run":  # config and meta only
-            for run_id in self.store.run_ids():
-                run = self.store.get(run_id, rows=False)
-                if run.status in ("finished", "cancelled") and self.store.has_weights(run_id):
-                    runs.append(run)
+            runs = [run for run in self.store.runs(rows=False)
+                    if run.status in ("finished", "cancelled") and self.store.has_weights(run.run_id)]
         runs.sort(key=lambda r: r.started_at, reverse=True)
         self.param.other_run.objects = {_label(r): r.run_id for r in runs}
         if self.other_run not in self.param.other_run.objects.values():

@@ -115,7 +115,7 @@ class RunBrowser(SessionApp):
 
     def frame(self) -> pd.DataFrame:
         """Every row of the selected runs (tidy), with each run's status/model/norm merged in."""
-        frames = [self.store.get(r).frame for r in self.selected if self.store.has(r)]
+        frames = [run.frame for run in self.store.runs(self.selected)]
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=["run_id", "step", "probe", "metric", "layer", "value"])

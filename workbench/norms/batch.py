@@ -44,6 +44,11 @@ class BatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C) / (N, C, H, W) / (N, T, C) -> same shape."""
         check_input(x, self.layout, self.num_features, "batch")
+        if self.training and x.shape[0] == 1 and x.numel() == self.num_features:
+            raise ValueError(
+                "batch norm in train mode needs more than one value per channel, and a batch of "
+                "1 example has one: use a batch size (and micro_batch) of at least 2, or a norm "
+                "without batch statistics (layer, group, rms, batch_channel, power, none)")
         if self.layout == "tokens":  # (N, T, C) -> (N, C, T): channel axis 1, as torch wants
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
         return super().forward(x)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -91,9 +92,13 @@ class RunStore:
             known = self.run_ids()
             raise KeyError(f"no run {run_id!r} in {self.root}; stored runs: "
                            f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
-        meta = json.loads((folder / "meta.json").read_text())
-        config = json.loads((folder / "config.json").read_text())
-        frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            config = json.loads((folder / "config.json").read_text())
+            frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
+        except FileNotFoundError:  # deleted, or being overwritten (meta.json goes first)
+            raise KeyError(f"run {run_id!r} in {self.root} was removed or is being rewritten "
+                           "while it was read") from None
         if "converged" in frame and frame["converged"].dtype == object:
             # NaN (rows without a convergence flag) comes back from Parquet as None
             frame["converged"] = frame["converged"].where(frame["converged"].notna(), float("nan"))
@@ -143,18 +148,47 @@ class RunStore:
         if status is not None:
             from .run import STATUSES
             check_choice("status", status, STATUSES)
-        frames = []
-        for run_id in self.run_ids():
-            run = self.get(run_id)
-            if status is None or run.status == status:
-                frames.append(run.frame)
-        frames = [f for f in frames if len(f)]
+        frames = [run.frame for run in self.runs()
+                  if (status is None or run.status == status) and len(run.frame)]
         return pd.concat(frames, ignore_index=True) if frames else empty_frame()
 
     def summary(self) -> pd.DataFrame:
         """One row per stored run (status, model, norm, batch size, final loss, ...)."""
-        rows = [self.get(r).summary() for r in self.run_ids()]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([run.summary() for run in self.runs()])
+
+    def runs(self, run_ids=None, *, rows: bool = True, retries: int = 5, wait: float = 0.02):
+        """Every stored run in :meth:`run_ids` order, or those of ``run_ids`` that are stored
+        (``rows=False``: config and meta only).
+
+        Safe while other processes write to the store: a run being overwritten (its
+        ``meta.json`` is removed first; its files changed within the last two seconds) is read
+        again after ``wait`` seconds, up to ``retries`` times; a run deleted meanwhile, never
+        stored, or left incomplete by a killed writer is left out at once."""
+        if run_ids is None:  # every run folder: one being overwritten has no meta.json now
+            run_ids = sorted(p.name for p in self.root.iterdir()
+                             if p.is_dir() and set(p.name) <= _RUN_ID_CHARS) if self.root.exists() else []
+        for run_id in run_ids:
+            for attempt in range(retries + 1):
+                try:
+                    run = self.get(run_id, rows=rows)
+                except KeyError:
+                    if attempt == retries or not self._being_written(run_id):  # else: no wait
+                        run = None
+                    else:
+                        time.sleep(wait)
+                        continue
+                break
+            if run is not None:
+                yield run
+
+    def _being_written(self, run_id: str, within: float = 2.0) -> bool:
+        """A run folder without ``meta.json`` whose files changed in the last ``within`` seconds
+        (a save in progress), not one a killed writer left behind long ago."""
+        try:  # the folder's own time: saving removes, creates and renames files in it
+            changed = self._dir(run_id).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return time.time() - changed < within
 
     def delete(self, run_id: str) -> None:
         shutil.rmtree(self._dir(run_id), ignore_errors=True)

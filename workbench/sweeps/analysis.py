@@ -61,7 +61,8 @@ def runs_table(store: RunStore | str, run_ids=None, *, target_loss: float | None
     """One row per stored run: status, config fields as dotted columns, final metrics.
 
     Columns: ``run_id, status, error, steps_done`` + ``model.norm, batch_size, lr, ...`` +
-    ``final_train_loss`` (mean of the last ``window`` steps), ``final_eval_loss``,
+    ``final_train_loss`` (mean of the last ``window`` steps; NaN/inf for a run that diverged
+    in them), ``final_eval_loss``,
     ``final_eval_accuracy`` and, with ``target_loss``, ``steps_to_target, examples_to_target``
     (:func:`steps_to_target` on the ``target_probe`` loss: ``train``, smoothed over ``window``
     steps, or ``eval``, the test loss every ``eval_every`` steps, unsmoothed).
@@ -70,14 +71,14 @@ def runs_table(store: RunStore | str, run_ids=None, *, target_loss: float | None
         Reads every run's rows once: about a millisecond per small run.
     """
     store = store if isinstance(store, RunStore) else RunStore(store)
-    ids = store.run_ids() if run_ids is None else [r for r in run_ids if store.has(r)]
     rows, frames = [], []
-    for run_id in ids:
-        run = store.get(run_id)
-        row = {"run_id": run_id, "status": run.status, "error": run.error, "steps_done": run.steps_done,
+    for run in store.runs(run_ids):  # the stored ones, read safely while others write
+        row = {"run_id": run.run_id, "status": run.status, "error": run.error, "steps_done": run.steps_done,
                **_flatten(run.config)}
         loss = run.metric("loss")
-        row["final_train_loss"] = float(loss.iloc[-window:].mean()) if len(loss) else np.nan
+        # NaN/inf kept (skipna=False): a diverged run's last loss is, and it must not rank as
+        # the mean of its finite steps before it
+        row["final_train_loss"] = float(loss.iloc[-window:].mean(skipna=False)) if len(loss) else np.nan
         row["final_eval_loss"] = run.final("loss", "eval")
         row["final_eval_accuracy"] = run.final("accuracy", "eval")
         rows.append(row)

@@ -28,6 +28,10 @@ DATASET_INPUTS = {"teacher": "features", "gaussian_mixture": "features", "shapes
 MODEL_INPUTS = {"mlp": ("features", "images"), "convnet": ("images",), "transformer": ("tokens",)}
 
 
+# norms on batch statistics: a chunk of the norm test's gradient comparison needs 2 examples
+BATCH_STAT_NORMS = ("batch", "ghost_batch", "batch_channel")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run: model, data, batch strategy, optimizer and schedule.
@@ -84,7 +88,12 @@ class TrainConfig:
             check_positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay"):
             check_positive(name, getattr(self, name), allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         check_positive("warmup_steps", self.warmup_steps, allow_zero=True, integer=True)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is more than steps={self.steps}: "
+                             "the warm-up would not end within the run")
         check_positive("eval_every", self.eval_every, allow_zero=True, integer=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
@@ -111,6 +120,12 @@ class TrainConfig:
                                  f"batch_size={self.batch_size}")
         if self.batch_schedule != "constant" and self.max_batch_size is None:
             raise ValueError(f"batch_schedule={self.batch_schedule!r} needs max_batch_size")
+        if (self.batch_schedule == "norm_test" and self.micro_batch is None and self.batch_size < 4
+                and getattr(self.model, "norm", None) in BATCH_STAT_NORMS):
+            raise ValueError(
+                f"batch_schedule='norm_test' compares the gradients of at least 2 chunks of the "
+                f"batch, and norm={self.model.norm!r} needs 2 examples per chunk: batch_size must "
+                f"be at least 4, got {self.batch_size} (or set micro_batch)")
         top = self.max_batch_size or self.batch_size
         if top > self.data.n_train:
             raise ValueError(f"batch size {top} is larger than the training set "

@@ -20,9 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model
+from ..norms import BatchChannelNorm, GhostBatchNorm
 from ..probes import PRESETS, PROBES
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
@@ -42,20 +44,21 @@ TRAIN_METRICS = ("loss", "accuracy", "lr", "batch_size", "examples", "grad_norm"
 
 
 def resolve_probes(probes) -> dict[str, Probe]:
-    """Accept None, a preset name, a list of names/callables, or a ``{name: callable}`` dict."""
+    """Accept None, a preset name, a list of names/callables (a preset in the list stands for
+    its probes; each probe once), or a ``{name: callable}`` dict."""
     if probes is None:
         return {}
     if isinstance(probes, str):
-        if probes in PRESETS:
-            probes = list(PRESETS[probes])
-        else:
-            probes = [probes]
+        probes = [probes]
     if isinstance(probes, Mapping):
         items = list(probes.items())
     else:
         items = []
-        for p in probes:
+        names = [q for p in probes for q in (PRESETS[p] if isinstance(p, str) and p in PRESETS else [p])]
+        for p in names:
             if isinstance(p, str):
+                if any(name == p for name, _ in items):
+                    continue  # e.g. a preset and one of its probes
                 if p not in PROBES:
                     raise ValueError(f"unknown probe {p!r}; choose one of: {', '.join(PROBES)} "
                                      f"or a preset: {', '.join(PRESETS)}")
@@ -184,6 +187,14 @@ def evaluate(model, dataset, *, batch_size: int = 1024) -> dict:
     return out
 
 
+def _loss_is_finite(model, loss_fn, x, y) -> bool:
+    """Whether the loss on ``(x, y)`` at the current weights is finite; the model, its buffers
+    and the RNG are left as they were."""
+    with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False), \
+            torch.no_grad():
+        return math.isfinite(float(loss_fn(model(x), y)))
+
+
 def _total(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
@@ -192,9 +203,20 @@ def _flat_grad(params) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
 
 
-def _chunk_size(batch: int, chunks: int = 4) -> int:
-    """The largest divisor of ``batch`` that gives at least ``min(chunks, batch)`` chunks."""
-    return max(d for d in range(1, batch // min(chunks, batch) + 1) if batch % d == 0)
+def _noise_chunks(batch: int, model, device, chunks: int = 4) -> list[torch.Tensor]:
+    """The norm test's disjoint chunks of a batch without micro-batches: ``k`` of ``m = B // k``
+    examples each (the first ``k m`` of the batch), ``k`` from ``min(chunks, B)`` down to 2
+    until ``m`` suits the model; none when no ``k`` does. With a norm on batch statistics
+    (BatchNorm, ghost, Batch-Channel) a chunk needs two examples (one value per channel fails in
+    train mode), and with ghost batch norm its last virtual batch too (``m % v != 1``)."""
+    batch_stats = [mod for mod in model.modules() if isinstance(mod, (_BatchNorm, BatchChannelNorm))]
+    ghosts = [mod.virtual_batch_size for mod in batch_stats if isinstance(mod, GhostBatchNorm)]
+    smallest = 2 if batch_stats else 1
+    for k in range(min(chunks, batch // smallest), 1, -1):
+        m = batch // k
+        if not any(m > v and m % v == 1 for v in ghosts):
+            return list(torch.arange(k * m, device=device).view(k, m))
+    return []
 
 
 def _chunk_grads(model, loss_fn, x, y, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -319,20 +341,29 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
 
             single = cfg.micro_batch is None or cfg.micro_batch >= B
             if probe_fns and schedule(step, cfg.steps):
-                ran = False
+                ran = blown_up = False
                 for name, fn in probe_fns.items():
                     if single and name in in_step:
                         continue  # folded into this step's own forward/backward below
                     ran = True
                     kw = {"lr": lr} if lr_probes[name] else {}
-                    frame = fn(model, (x, y), loss_fn, **kw)
+                    try:
+                        frame = fn(model, (x, y), loss_fn, **kw)
+                    except Exception:
+                        # the last update blew the model up: this step's loss is NaN/inf, and a
+                        # curvature probe fails on it (Lanczos on NaN) before the step says so.
+                        # Skip the probes: the step records the loss and ends the run diverged.
+                        if _loss_is_finite(model, loss_fn, x, y):
+                            raise
+                        blown_up = True
+                        break
                     rows.add_frame(step, name, frame)
                     if probe_callback is not None:
                         named = {c: v for c, v in (("probe", name), ("layer", "")) if c not in frame}
                         probe_callback(step, frame.assign(**named) if named else frame)
                 if ran and flat is not None and not flat.linked():  # a probe replaced .data or .grad
                     flat.relink()
-                if single:
+                if single and not blown_up:
                     captures = {name: fn.begin(model, reuse=True) for name, fn in in_step.items()}
 
             if single:
@@ -372,8 +403,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     probe_callback(step, frame)
             captures = {}
             if check_noise and micro_grads is None and B >= 2:  # no micro-batches: compare 4 chunks
-                chunks = split_micro(torch.arange(B, device=device), _chunk_size(B))
-                micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if len(chunks) > 1 else None
+                chunks = _noise_chunks(B, model, device)
+                micro_grads = _chunk_grads(model, loss_fn, x, y, chunks) if chunks else None
             # two norms (over the flat buffers, or fused over the tensors), one device sync for
             # every metric of the step
             with torch.no_grad():
