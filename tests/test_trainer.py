@@ -2,6 +2,7 @@
 import math
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -173,6 +174,17 @@ def test_log_spaced_schedule():
     steps = [t for t in range(1000) if s(t, 1000)]
     assert steps[0] == 0 and steps[-1] == 999 and 4 <= len(steps) <= 6
     assert every(10)(0, 100) and every(10)(99, 100) and not every(10)(5, 100)
+    # numpy integers are integers (a loop over np.arange), bools and floats are not
+    assert every(np.int64(10))(20, 100) and log_spaced(np.int64(5)).steps(1000) == s.steps(1000)
+    assert log_spaced(3).steps(1) == {0}
+    for bad in (True, 2.0, 0, -1):
+        with pytest.raises(ValueError, match="every\\(n\\) needs a positive integer n"):
+            every(bad)
+    for bad in (True, 1, 4.0):
+        with pytest.raises(ValueError, match="log_spaced\\(k\\) needs an integer k >= 2"):
+            log_spaced(bad)
+    with pytest.raises(ValueError, match="total_steps must be a positive integer, got 0"):
+        log_spaced(3).steps(0)
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient():
