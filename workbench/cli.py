@@ -172,6 +172,21 @@ def _cmd_runs(a) -> int:
     return 0
 
 
+def _check_out(path: str) -> None:
+    """A ValueError unless ``path`` can be written: its folder exists and is writable, and it is
+    not itself a folder. Checked before the probe runs, so its rows are not lost."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a folder; give a file path, e.g. "
+                         f"{os.path.join(path, 'rows.parquet')!r}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {path!r}: its folder {folder!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path!r}: its folder {folder!r} is not writable")
+
+
 def _cmd_probe(a) -> int:
     import inspect
     import math
@@ -190,6 +205,8 @@ def _cmd_probe(a) -> int:
     accepted = [n for n, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY]
     for key in options:
         check_choice(f"option of {a.probe}", key, accepted)
+    if a.out:
+        _check_out(a.out)
     run = RunStore(a.store).restore(a.run_id, device=resolve_device(a.device))
     if takes_lr(fn) and "lr" not in options:  # smoothness: the step size the run last trained at
         last = run.final("lr")

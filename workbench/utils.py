@@ -17,10 +17,17 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None -> :func:`default_device`; anything else is passed to ``torch.device``."""
+    """``"auto"``/None -> :func:`default_device`; anything else is passed to ``torch.device``
+    (a ValueError naming the value and the valid choices if torch does not take it)."""
     if device is None or device == "auto":
         return default_device()
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N "
+                         "(N a GPU index), mps, or another torch device type") from None
 
 
 def seed_everything(seed: int) -> None:

@@ -33,7 +33,18 @@ def build_model(cfg: ModelConfig) -> WorkbenchModel:
 def model_config(kind: str, **fields) -> ModelConfig:
     """``model_config("mlp", norm="batch")`` -> ``MLPConfig(norm="batch")``."""
     check_choice("model", kind, MODELS)
+    _check_fields(kind, fields)
     return MODELS[kind][0](**fields)
+
+
+def _check_fields(kind: str, fields) -> None:
+    """A ValueError naming unknown fields of model ``kind`` and listing its valid ones."""
+    cls = MODELS[kind][0]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known, key=str)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(map(repr, unknown))}; "
+                         f"valid fields: {', '.join(sorted(known))}")
 
 
 def input_kind(input_shape: tuple, task: str) -> str:
@@ -65,9 +76,17 @@ def config_to_dict(cfg: ModelConfig) -> dict:
 
 
 def config_from_dict(d: dict) -> ModelConfig:
+    """``{"kind": "mlp", "width": 64, ...}`` -> ``MLPConfig(width=64, ...)``; a ValueError for a
+    missing or unknown ``kind`` or an unknown field (naming the valid ones)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a model config must be a mapping with a 'kind' ({', '.join(MODELS)}) and "
+                         f"its fields, got {d!r}")
     d = dict(d)
+    if "kind" not in d:
+        raise ValueError(f"model config {d!r} has no 'kind'; choose one of: {', '.join(MODELS)}")
     kind = d.pop("kind")
     check_choice("model", kind, MODELS)
+    _check_fields(kind, d)
     return MODELS[kind][0](**d)
 
 

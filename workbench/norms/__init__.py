@@ -107,8 +107,24 @@ def is_norm_module(module: nn.Module) -> bool:
     return isinstance(module, NORM_CLASSES + _TORCH_NORMS)
 
 
+def batch_split_ok(model: nn.Module, examples: int) -> bool:
+    """Whether ``examples`` examples can go through ``model``'s norms on batch statistics in
+    train mode as a batch of their own (a chunk or sub-batch of a larger one): at least two
+    where there is any such norm (BatchNorm, ghost, Batch-Channel: one example of (N, C)
+    features is one value per channel), and for ghost batch norm no last virtual batch of one
+    (``examples % virtual_batch_size != 1``)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    stats = [m for m in model.modules() if isinstance(m, (_BatchNorm, BatchChannelNorm))]
+    if stats and examples < 2:
+        return False
+    return not any(examples > m.virtual_batch_size and examples % m.virtual_batch_size == 1
+                   for m in stats if isinstance(m, GhostBatchNorm))
+
+
 __all__ = [
     "LAYOUTS", "NORMS", "NORM_CLASSES", "BatchChannelNorm", "BatchNorm", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "NormSpec", "PowerNorm", "RMSNorm", "WSConv2d",
-    "WSLinear", "is_norm_module", "make_norm", "norm_layouts", "standardize_weight",
+    "WSLinear", "batch_split_ok", "is_norm_module", "make_norm", "norm_layouts",
+    "standardize_weight",
 ]

@@ -99,6 +99,8 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         Jacobian-vector product); the blocks' inputs and outputs held in memory once.
     """
     check_choice("mode", mode, MODES)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     structure = _structure(model)
     blocks = model.named_blocks()
     x, y = batch

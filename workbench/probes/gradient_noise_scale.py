@@ -32,6 +32,7 @@ import torch
 from torch.func import functional_call, jacrev, replace_all_batch_norm_modules_
 
 from .._validate import check_choice, check_positive
+from ..norms import batch_split_ok
 from ..utils import preserved_state
 from .hvp import (
     MODES,
@@ -84,6 +85,19 @@ def per_example_grads(model, batch, loss_fn, *, mode: str = "train", params=None
     return torch.stack(rows), "loop"
 
 
+def _default_small_batch(model, n: int, mode: str) -> int:
+    """``N // 4``, or the largest size below it (or the smallest above it, below N) that the
+    model's norms on batch statistics take in train mode (:func:`~workbench.norms.batch_split_ok`:
+    at least 2, no ghost virtual batch of one); ``N // 4`` (at least 1) when none does."""
+    base = max(1, n // 4)
+    if mode != "train":
+        return base
+    for m in [*range(base, 0, -1), *range(base + 1, n)]:
+        if batch_split_ok(model, m):
+            return m
+    return base
+
+
 def _batch_grad_sq(model, batch, loss_fn, mode, params) -> float:
     with restored_buffers(model), torch.enable_grad():
         model.train(mode == "train")
@@ -102,8 +116,9 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         model, batch, loss_fn: as every probe; the batch should hold many examples (N >= 2).
         mode: ``"train"`` or ``"eval"`` (which loss, as for the Hessian probes).
         params: None (all trainable parameters) or one module / parameter name.
-        small_batch: sub-batch size Bs of the two-batch estimator (default N // 4, at least 1;
-            must be < N); the big batch is the whole batch.
+        small_batch: sub-batch size Bs of the two-batch estimator (default N // 4, at least 1,
+            and at least 2 when the model has norms on batch statistics (BatchNorm, ghost,
+            Batch-Channel) in train mode; must be < N); the big batch is the whole batch.
         hessian: also compute ``b_noise`` (needs ``min(N, max_hessian_examples) + 1`` HVPs).
         max_hessian_examples: examples whose centred gradients enter ``tr(H Sigma)``.
         seed: picks those examples when N is larger (a local generator).
@@ -124,7 +139,7 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"gradient_noise_scale needs a batch of at least 2 examples, got {n}")
-    small_batch = max(1, n // 4) if small_batch is None else small_batch
+    small_batch = _default_small_batch(model, n, mode) if small_batch is None else small_batch
     check_positive("small_batch", small_batch, integer=True)
     if small_batch >= n:
         raise ValueError(f"small_batch={small_batch} must be smaller than the batch ({n}); valid: 1..{n - 1}")
@@ -143,7 +158,17 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         # Two batch sizes: the whole batch (Bb = n) and its disjoint sub-batches of small_batch.
         gb2 = _batch_grad_sq(model, batch, loss_fn, mode, params)
         subs = [(x[i:i + small_batch], y[i:i + small_batch]) for i in range(0, n - small_batch + 1, small_batch)]
-        gs2 = sum(_batch_grad_sq(model, s, loss_fn, mode, params) for s in subs) / len(subs)
+        try:
+            gs2 = sum(_batch_grad_sq(model, s, loss_fn, mode, params) for s in subs) / len(subs)
+        except ValueError as err:
+            hint = ""
+            if mode == "train" and not batch_split_ok(model, small_batch):
+                hint = ("; the model's norms on batch statistics need sub-batches of at least 2 "
+                        "examples in train mode (with ghost batch norm, no virtual batch of one): "
+                        f"pass such a small_batch with a batch of at least 3 examples (got {n}), "
+                        "or mode='eval'")
+            raise ValueError(f"gradient_noise_scale: sub-batches of small_batch={small_batch} "
+                             f"examples (of a batch of {n}) do not fit the model: {err}{hint}") from err
         bs, bb = small_batch, n
         g2_two = (bb * gb2 - bs * gs2) / (bb - bs)
         tr_two = (gs2 - gb2) / (1 / bs - 1 / bb)

@@ -47,6 +47,8 @@ def hessian_top_eigs(model, batch, loss_fn, *, k: int = 1, bottom_k: int = 0, mo
     check_positive("bottom_k", bottom_k, allow_zero=True, integer=True)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("tol", tol)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     subsets = as_subsets(params)
     if return_vectors and len(subsets) > 1:
         raise ValueError("return_vectors=True takes one parameter subset, got a list of "

@@ -135,17 +135,37 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
     """
     check_choice("mode", mode, MODES)
     check_choice("kind", kind, KINDS)
+    if batch_sizes is not None and not isinstance(batch_sizes, (list, tuple)):
+        raise ValueError(f"batch_sizes must be a list of mini-batch sizes (e.g. [8, 16]) or None "
+                         f"for the default, got {batch_sizes!r}")
+    for b in batch_sizes or []:
+        check_positive("batch size", b, integer=True)
+    check_positive("num_batches", num_batches, integer=True)
+    check_positive("max_iter", max_iter, integer=True)
+    check_positive("tol", tol)
+    check_positive("trace_matvecs", trace_matvecs, allow_zero=True, integer=True)
+    check_positive("density_steps", density_steps, allow_zero=True, integer=True)
+    if density_steps:
+        check_positive("density_points", density_points, integer=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     x, y = _source(batch)
     n = x.shape[0]
+    if n < 2 or (batch_sizes is None and n < 3):
+        need = "2 examples (batch_sizes=[1])" if batch_sizes is not None else \
+            "3 examples for the default batch sizes (at least 2 each)"
+        raise ValueError(f"the data source holds {n} example{'s' if n != 1 else ''}, too few for any "
+                         f"mini-batch size below it: hessian_vs_batch_size needs at least {need}")
+    if batch_sizes is not None and not batch_sizes:
+        raise ValueError(f"batch_sizes is an empty list; give at least one mini-batch size below the "
+                         f"data source's {n} examples (valid: 1..{n - 1}), or None for the default")
     if batch_sizes is None:
         batch_sizes = sorted({max(2, n // d) for d in (8, 4, 2)})
     batch_sizes = sorted(batch_sizes)
     for b in batch_sizes:
-        check_positive("batch size", b, integer=True)
         if b >= n:
             raise ValueError(f"batch size {b} must be smaller than the data source's {n} examples; "
                              f"valid: 1..{n - 1}")
-    check_positive("num_batches", num_batches, integer=True)
     k_sgd = stable_lr_factor(momentum, nesterov=nesterov)
     k_adam = stable_lr_factor(adam_beta1, ema=True, name="adam_beta1")
     gen = torch.Generator().manual_seed(seed)

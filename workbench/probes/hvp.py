@@ -38,6 +38,9 @@ def select_params(model: nn.Module, params: str | None = None) -> tuple[list[str
         raise ValueError("the model has no trainable parameters (none with requires_grad=True)")
     if params is None:
         return [n for n, _ in named], [p for _, p in named]
+    if not isinstance(params, str):
+        raise ValueError(f"params must be None (all trainable parameters) or a module / parameter "
+                         f"name such as 'blocks.0' or 'head.weight', got {params!r}")
     picked = [(n, p) for n, p in named if n == params or n.startswith(params + ".")]
     if not picked:
         modules = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters())]
@@ -298,7 +301,13 @@ def as_subsets(params) -> list:
     """``None`` / a name / a list of names -> a list of subsets (one result block per subset)."""
     if params is None or isinstance(params, str):
         return [params]
-    subsets = list(params)
+    try:
+        subsets = list(params)
+    except TypeError:
+        subsets = None
+    if subsets is None or not all(isinstance(p, str) for p in subsets):
+        raise ValueError(f"params must be None (all trainable parameters), a module / parameter "
+                         f"name such as 'blocks.0', or a list of such names, got {params!r}")
     if not subsets:
         raise ValueError("params is an empty list; pass None for all parameters or module names")
     return subsets

@@ -25,6 +25,25 @@ ANALYSIS_KEYS = ("target_loss", "target_probe", "by", "lr_by")  # read by ``pyth
 _DICT_FIELDS = ("model.norm_options", "data.options")  # free-form: their keys are checked by the config
 
 
+def _yaml_loader():
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``1.0e30`` and ``-2E+5`` as floats (YAML 1.2;
+    PyYAML's YAML 1.1 rules read exponents without a dot or sign as strings). Quoted ``"1e-3"``
+    stays a string. A subclass: the global loader is not touched."""
+    import re
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    # add_implicit_resolver copies the inherited table first: SafeLoader's own is unchanged
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""),
+        list("-+0123456789."))
+    return _Loader
+
+
 def _field_types(cls) -> dict[str, set[str]]:
     """``{"lr": {"float"}, "micro_batch": {"int", "None"}}`` from a dataclass's annotations."""
     out = {}
@@ -226,7 +245,7 @@ class Sweep:
         if not path.exists():
             raise ValueError(f"no sweep file {str(path)!r}")
         try:
-            d = yaml.safe_load(path.read_text())
+            d = yaml.load(path.read_text(), Loader=_yaml_loader())  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML: {exc}") from None
         try:

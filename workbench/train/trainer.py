@@ -20,11 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model
-from ..norms import BatchChannelNorm, GhostBatchNorm
+from ..norms import batch_split_ok
 from ..probes import PRESETS, PROBES
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
@@ -209,13 +208,9 @@ def _noise_chunks(batch: int, model, device, chunks: int = 4) -> list[torch.Tens
     until ``m`` suits the model; none when no ``k`` does. With a norm on batch statistics
     (BatchNorm, ghost, Batch-Channel) a chunk needs two examples (one value per channel fails in
     train mode), and with ghost batch norm its last virtual batch too (``m % v != 1``)."""
-    batch_stats = [mod for mod in model.modules() if isinstance(mod, (_BatchNorm, BatchChannelNorm))]
-    ghosts = [mod.virtual_batch_size for mod in batch_stats if isinstance(mod, GhostBatchNorm)]
-    smallest = 2 if batch_stats else 1
-    for k in range(min(chunks, batch // smallest), 1, -1):
-        m = batch // k
-        if not any(m > v and m % v == 1 for v in ghosts):
-            return list(torch.arange(k * m, device=device).view(k, m))
+    for k in range(min(chunks, batch), 1, -1):
+        if batch_split_ok(model, batch // k):
+            return list(torch.arange(k * (batch // k), device=device).view(k, batch // k))
     return []
 
 

@@ -1,0 +1,210 @@
+"""Bad arguments get a ValueError (CLI: one line, exit status 2) that names the argument, the bad
+value and what is valid, never a raw TypeError/KeyError/RuntimeError from deep inside."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from workbench.cli import main
+from workbench.models import MLPConfig, build_model, config_from_dict, model_config
+from workbench.probes import (
+    depth_variance,
+    gradient_noise_scale,
+    hessian_top_eigs,
+    hessian_vs_batch_size,
+)
+from workbench.probes.hvp import select_params
+from workbench.store import RunStore
+from workbench.sweeps import Sweep
+from workbench.train import TrainConfig
+from workbench.utils import resolve_device
+
+CE = F.cross_entropy
+
+
+def _model(norm="batch", **kw):
+    torch.manual_seed(0)
+    return build_model(MLPConfig(depth=2, width=8, norm=norm, in_dim=5, out_dim=3, **kw)).double()
+
+
+def _batch(n=24):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def _values(frame):
+    return frame[frame.layer == "all"].set_index("metric").value
+
+
+# -- #5: gradient_noise_scale's default small_batch ------------------------------------------------
+
+@pytest.mark.parametrize("n", [3, 6, 7])
+def test_noise_scale_default_sub_batches_fit_batch_norm(n):
+    """N < 8 used to give one-example sub-batches, which BatchNorm cannot run in train mode."""
+    model, (x, y) = _model("batch"), _batch(n)
+    v = _values(gradient_noise_scale(model, (x[:n], y[:n]), CE, hessian=False))
+    ref = _values(gradient_noise_scale(model, (x[:n], y[:n]), CE, hessian=False, small_batch=2))
+    assert v["trace_cov_two_batch"] == pytest.approx(ref["trace_cov_two_batch"], rel=1e-12)
+    assert math.isfinite(v["trace_cov_two_batch"])
+
+
+def test_noise_scale_default_avoids_a_one_example_ghost_batch():
+    """Sub-batches of 5 with virtual_batch_size=4 end in a virtual batch of one example."""
+    model, batch = _model("ghost_batch", norm_options={"virtual_batch_size": 4}), _batch(20)
+    v = _values(gradient_noise_scale(model, batch, CE, hessian=False))
+    assert math.isfinite(v["trace_cov_two_batch"])
+
+
+def test_noise_scale_too_small_a_batch_for_batch_norm_names_small_batch():
+    model, (x, y) = _model("batch"), _batch()
+    with pytest.raises(ValueError, match=r"small_batch=1 .*batch of 2\b.*at least 3 examples"):
+        gradient_noise_scale(model, (x[:2], y[:2]), CE, hessian=False)
+    with pytest.raises(ValueError, match=r"small_batch=1 .*sub-batches of at least 2 examples in train mode"):
+        gradient_noise_scale(model, (x, y), CE, hessian=False, small_batch=1)
+    # eval mode uses running statistics: one-example sub-batches are fine there
+    v = _values(gradient_noise_scale(model, (x[:2], y[:2]), CE, mode="eval", hessian=False))
+    assert math.isfinite(v["trace_cov_two_batch"])
+
+
+# -- #6: CLI error paths ------------------------------------------------------------------------
+
+def test_resolve_device_names_the_bad_value_and_the_choices():
+    with pytest.raises(ValueError, match=r"unknown device 'nonsense'; choose one of: auto, cpu, cuda, cuda:N"):
+        resolve_device("nonsense")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("runs"))
+    assert main(["train", "--width", "8", "--depth", "1", "--steps", "2", "--n-train", "64",
+                 "--batch-size", "8", "--store", store, "--no-progress"]) == 0
+    (run_id,) = RunStore(store).run_ids()
+    return store, run_id
+
+
+def _one_line_error(capsys, message):
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+    return captured
+
+
+def test_cli_bad_device_is_one_line(stored_run, tmp_path, capsys):
+    store, run_id = stored_run
+    assert main(["train", "--steps", "2", "--store", str(tmp_path), "--no-progress",
+                 "--device", "nonsense"]) == 2
+    _one_line_error(capsys, "unknown device 'nonsense'")
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--device", "nonsense"]) == 2
+    _one_line_error(capsys, "unknown device 'nonsense'")
+
+
+def test_cli_scalar_for_a_list_option_is_one_line(stored_run, capsys):
+    store, run_id = stored_run
+    assert main(["probe", run_id, "hessian_vs_batch_size", "--store", store, "--examples", "32",
+                 "--option", "batch_sizes=8"]) == 2
+    _one_line_error(capsys, "batch_sizes must be a list of mini-batch sizes (e.g. [8, 16])")
+
+
+def test_cli_out_is_checked_before_the_probe_runs(stored_run, tmp_path, capsys):
+    store, run_id = stored_run
+    missing = tmp_path / "no_such_dir" / "rows.parquet"
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(missing)]) == 2
+    captured = _one_line_error(capsys, "does not exist")
+    assert "rows" not in captured.out  # refused before the probe ran
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a folder")
+    out = tmp_path / "rows.parquet"
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(out)]) == 0
+    assert out.exists()
+
+
+# -- #7: model config dicts ------------------------------------------------------------------------
+
+def test_unknown_model_field_lists_the_valid_fields():
+    with pytest.raises(ValueError, match=r"unknown MLPConfig field\(s\) 'widht'; valid fields: .*\bwidth\b"):
+        TrainConfig.from_dict({"model": {"kind": "mlp", "widht": 3}})
+    with pytest.raises(ValueError, match=r"unknown ConvNetConfig field\(s\) 'width'; valid fields: .*channels"):
+        config_from_dict({"kind": "convnet", "width": 3})
+    with pytest.raises(ValueError, match=r"unknown MLPConfig field\(s\) 'widht'"):
+        model_config("mlp", widht=3)
+    with pytest.raises(ValueError, match=r"sweep field 'base': unknown MLPConfig field\(s\) 'widht'"):
+        Sweep.from_dict({"base": {"model": {"kind": "mlp", "widht": 3}}, "grid": {"lr": [0.1]}})
+
+
+def test_missing_or_unknown_model_kind_lists_the_kinds():
+    with pytest.raises(ValueError, match=r"has no 'kind'; choose one of: mlp, convnet, transformer"):
+        TrainConfig.from_dict({"model": {"width": 3}})
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'; choose one of: mlp, convnet"):
+        config_from_dict({"kind": "resnet"})
+    assert config_from_dict({"kind": "mlp", "width": 3}) == MLPConfig(width=3)
+
+
+# -- #9: sweep YAML floats -------------------------------------------------------------------------
+
+def test_sweep_yaml_reads_exponent_floats(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\nbase:\n  model: {kind: mlp, depth: 1, width: 8}\n  steps: 5\n"
+                 "grid:\n  lr: [1e-3, 3e-4, 1.0e-1, 2E+0]\n")
+    assert [c.lr for c in Sweep.from_yaml(p).configs()] == [1e-3, 3e-4, 0.1, 2.0]
+    p.write_text(p.read_text().replace("[1e-3, 3e-4, 1.0e-1, 2E+0]", "[\"1e-3\"]"))
+    with pytest.raises(ValueError, match=r"grid field 'lr' expects float, got '1e-3' \(str\)"):
+        Sweep.from_yaml(p)  # quoted: still a string
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # the global loader is untouched
+
+
+def test_sweep_yaml_loader_float_forms():
+    from workbench.sweeps.sweep import _yaml_loader
+
+    text = "[1e-3, 1.0e30, -2E+5, '1e-3', 3, 1.5, abc]"
+    assert yaml.load(text, Loader=_yaml_loader()) == [1e-3, 1e30, -2e5, "1e-3", 3, 1.5, "abc"]
+
+
+# -- #11: probe arguments ---------------------------------------------------------------------------
+
+def test_hessian_vs_batch_size_argument_checks():
+    model, batch = _model("none"), _batch(16)
+    with pytest.raises(ValueError, match=r"batch_sizes must be a list .* got 8"):
+        hessian_vs_batch_size(model, batch, CE, batch_sizes=8)
+    with pytest.raises(ValueError, match=r"batch_sizes is an empty list.*valid: 1\.\.15"):
+        hessian_vs_batch_size(model, batch, CE, batch_sizes=[])
+    with pytest.raises(ValueError, match=r"density_steps must be >= 0, got -1"):
+        hessian_vs_batch_size(model, batch, CE, density_steps=-1, max_iter=4, num_batches=1)
+    with pytest.raises(ValueError, match=r"trace_matvecs must be >= 0, got -3"):
+        hessian_vs_batch_size(model, batch, CE, trace_matvecs=-3, max_iter=4, num_batches=1)
+    with pytest.raises(ValueError, match=r"seed must be an integer, got 'a'"):
+        hessian_vs_batch_size(model, batch, CE, seed="a", max_iter=4, num_batches=1)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_hessian_vs_batch_size_on_too_few_examples_says_so(n):
+    model, (x, y) = _model("none"), _batch()
+    with pytest.raises(ValueError, match=rf"data source holds {n} examples?, too few .*at least 3 examples"):
+        hessian_vs_batch_size(model, (x[:n], y[:n]), CE)
+    if n == 1:
+        with pytest.raises(ValueError, match=r"holds 1 example, too few .*at least 2 examples"):
+            hessian_vs_batch_size(model, (x[:1], y[:1]), CE, batch_sizes=[1])
+    else:  # an explicit size below N still works
+        f = hessian_vs_batch_size(model, (x[:2], y[:2]), CE, batch_sizes=[1], num_batches=1,
+                                  max_iter=4, trace_matvecs=0, adam=False)
+        assert set(f.batch_size.dropna()) == {1, 2}
+
+
+def test_params_and_seed_of_the_curvature_probes():
+    model, batch = _model("none"), _batch(8)
+    for bad in (3, [3]):
+        with pytest.raises(ValueError, match=r"params must be None .* or a list of such names, got"):
+            hessian_top_eigs(model, batch, CE, params=bad)
+    with pytest.raises(ValueError, match=r"params must be None .*'blocks\.0'.*got 3"):
+        select_params(model, 3)
+    with pytest.raises(ValueError, match=r"seed must be an integer, got 'a'"):
+        hessian_top_eigs(model, batch, CE, seed="a")
+
+
+def test_depth_variance_seed():
+    model, batch = _model("batch", residual=True), _batch(8)
+    with pytest.raises(ValueError, match=r"seed must be an integer, got 'a'"):
+        depth_variance(model, batch, CE, seed="a")
