@@ -28,6 +28,18 @@ def exit_probe(model, batch, loss_fn):
     os._exit(3)  # the training process dies without a word
 
 
+def stuck_probe(model, batch, loss_fn):
+    """A probe that keeps the process busy outside the steps (as its start-up does: torch's first
+    run in a fresh process takes seconds), where no cancel is checked."""
+    time.sleep(60)
+    return pd.DataFrame({"metric": ["never"], "value": [0.0]})
+
+
+def stuck_after(run, cancel):
+    """A measurement of the trained model that does not look at ``cancel``."""
+    time.sleep(60)
+
+
 def run_job(job, timeout=60.0):
     job.start()
     points, frames = [], []
@@ -114,6 +126,52 @@ def test_cancel_reaches_the_process_within_a_second():
     job.join(5)
     assert job.done and time.monotonic() - t0 < 1.0
     assert job.result.status == "cancelled" and 0 < job.result.steps_done < 2000
+
+
+def _cancel_when(job, ready, timeout=60.0) -> float:
+    """Start the job, wait for ``ready(job)``, cancel, wait for the end; the seconds it took."""
+    job.start()
+    deadline = time.monotonic() + timeout
+    while not ready(job):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    job.cancel()
+    job.join(10)
+    assert job.done
+    return time.monotonic() - t0
+
+
+def test_cancel_ends_a_process_busy_outside_the_steps_within_a_second():
+    """Stop before the first step (here a probe stuck at step 0, as a process starting up is):
+    the process is ended after a short grace, the run is cancelled, nothing is kept."""
+    job = Job(cfg(steps=50), probes={"stuck": stuck_probe}, probe_every=10, isolation="process")
+    took = _cancel_when(job, lambda j: j.state == "training")
+    assert took < 1.5 and job.result.status == "cancelled" and job.result.steps_done == 0
+    assert job.error is None and not job.measurement_stopped
+
+
+def test_cancel_during_the_measurement_keeps_the_trained_run(tmp_path):
+    """Stop while ``after`` measures the trained model: the measurement is ended within a
+    second, the trained run comes back finished, with its rows and weights, and is stored."""
+    from workbench.store import RunStore
+
+    store = RunStore(tmp_path)
+    job = Job(cfg(steps=30), after=stuck_after, store=store, isolation="process")
+    took = _cancel_when(job, lambda j: j.state == "probing")
+    assert took < 1.5 and job.measurement_stopped and job.extra is None and job.error is None
+    run = job.result
+    assert run.status == "finished" and run.steps_done == 30 and len(run.metric("loss")) == 30
+    assert store.has_weights(run.run_id) and job.saved == f"saved as `{run.run_id}`"
+    # without Stop, the run is sent once (before the measurement) and comes back with its frame
+    quick = Job(cfg(steps=10), after=_after_frame, isolation="process")
+    run_job(quick)
+    assert quick.result.status == "finished" and len(quick.result.metric("loss")) == 10
+    assert list(quick.extra.metric) == ["steps"] and not quick.measurement_stopped
+
+
+def _after_frame(run, cancel):
+    return pd.DataFrame({"metric": ["steps"], "value": [float(run.steps_done)]})
 
 
 def test_bad_isolation_is_a_value_error():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("panel")
@@ -13,6 +14,7 @@ from workbench.dashboard.depth import DepthLab, depth_app
 from workbench.dashboard.landscape import LandscapeLab, landscape_app
 from workbench.store import RunStore
 from workbench.viz.curves import smooth_ema
+from workbench.viz.landscape import contour_figure, surface_figure
 
 LABS = [CurvatureLab, DepthLab, LandscapeLab]
 
@@ -214,12 +216,76 @@ def test_bad_input_is_a_message(cls, setup, message, tmp_path):
 
 
 def test_diverged_run_is_marked_and_not_measured(tmp_path):
-    lab = _small(CurvatureLab, tmp_path, norm="none", lr=1e6, steps=60)
+    lab = _small(CurvatureLab, tmp_path, batch_sizes=[8, 32], max_iter=10, steps=10)
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.result is not None and len(lab.plots[1].object.data[0].x) == 2
+    lab.param.update(norm="none", lr=1e6, steps=60)  # the next run diverges
     assert lab.start()
     _run_to_end(lab)
     assert "diverged at step" in lab.status.object
     assert lab.loss_fig.data[-1].marker.symbol == "x"
+    # nothing measured, and nothing of the previous run's measurement left on the page
     assert lab.result is None
+    assert all(trace.x is None or len(trace.x) == 0 for p in lab.plots for trace in p.object.data)
+
+
+def test_landscape_clears_the_previous_slices_and_titles_what_it_measured(tmp_path):
+    lab = _small(LandscapeLab, tmp_path, dims=2, grid=5)
+    assert lab.start()
+    _run_to_end(lab)
+    assert lab.contour_plot.object.data and lab.surface_plot.object.data[0].z is not None
+    lab.param.update(dims=1, batch_size=64)
+    assert lab.start()
+    lab.direction = "stored run"  # picked during the run: this run's line is still random
+    _run_to_end(lab)
+    assert len(lab.line_plot.object.data[0].x) == 5
+    empty = pd.DataFrame({"metric": [], "alpha": [], "beta": [], "value": []})
+    assert lab.contour_plot.object.to_json() == contour_figure(empty).to_json()
+    assert lab.surface_plot.object.to_json() == surface_figure(empty).to_json()
+    assert "stored run" not in (lab.line_plot.object.layout.title.text or "")
+
+
+def test_landscape_stored_run_deleted_since_listed_is_a_message(tmp_path):
+    from workbench.store import RunStore
+
+    lab = _small(LandscapeLab, tmp_path, dims=1, grid=5)
+    assert lab.start()
+    _run_to_end(lab)
+    lab.param.update(direction="stored run", batch_size=64)
+    gone = lab.other_run
+    RunStore(tmp_path / "runs").delete(gone)
+    assert lab.start() is False and not lab.running
+    assert f"stored run {gone} is no longer in the store" in lab.alert.object
+    assert lab.other_run is None and gone not in lab.param.other_run.objects  # list refreshed
+
+
+def test_stop_during_the_measurement_keeps_the_trained_run(tmp_path):
+    """A ConvNet's Hessians at B = 8 and 32 take tens of seconds: Stop ends the measurement
+    within a second; the trained run is kept (saved), and the page says what happened."""
+    from workbench.store import RunStore
+
+    lab = _small(CurvatureLab, tmp_path, model="convnet", steps=10, batch_sizes=[8, 32],
+                 num_batches=2, max_iter=200)
+    assert lab.start()
+    deadline = time.monotonic() + 60
+    while lab.jobs[0].state != "probing":
+        lab.refresh()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    lab.refresh()
+    assert lab.status.object.startswith("measuring the trained model")
+    t0 = time.monotonic()
+    lab.stop()
+    lab.refresh()
+    assert lab.status.object == "stopping…"  # not overwritten by "measuring…"
+    lab.join(5)
+    assert time.monotonic() - t0 < 1.5
+    _run_to_end(lab, 5)
+    (run_id,) = RunStore(tmp_path / "runs").run_ids()
+    assert lab.status.object == (f"done: convnet/batch B=32 trained and saved as `{run_id}`; its "
+                                 "measurement was stopped")
+    assert lab.result is None and not lab.alert.visible
 
 
 @pytest.mark.parametrize("factory", [curvature_app, depth_app, landscape_app])

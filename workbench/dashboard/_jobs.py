@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,9 @@ MAX_DEPTH = 8     # MLP layers, ConvNet stages, transformer blocks
 MAX_PARAMS = 8_000_000
 REFRESH_MS = 200  # 5 plot updates a second
 ISOLATIONS = ("process", "thread")
+# after Stop, how long a training process may take to end by itself (it checks between steps)
+# before it is terminated: while starting up or measuring it checks nothing
+STOP_GRACE_S = 0.5
 SAVED_STATUSES = ("finished", "diverged")  # complete results; cancelled/failed runs are not kept
 DEFAULT_NORM = {"mlp": "batch", "convnet": "batch", "transformer": "layer"}
 DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": "markov"}
@@ -220,6 +224,7 @@ class Job:
         self.saved: str | None = None
         self.extra: pd.DataFrame | None = None
         self.error: str | None = None
+        self.measurement_stopped = False  # Stop ended the ``after`` step; the run is kept
         self._probes = dict(probes or {})
         self._probe_every = probe_every
         self._reserved = False  # a slot taken by reserve(): the worker does not queue for one
@@ -320,10 +325,22 @@ class Job:
                                  self._child_threads(torch.get_num_threads()), send, stop))
         proc.start()
         send.close()  # the child holds the only write end: EOF when it exits
+        trained, last_step, stopped_at = None, -1, None
         try:
             while True:
                 if self.cancel_token.cancelled:
                     stop.set()
+                    stopped_at = stopped_at or time.monotonic()
+                    if time.monotonic() - stopped_at > STOP_GRACE_S:
+                        # not between steps: starting up (torch's first run in a fresh process
+                        # takes seconds) or measuring the trained model. Ended here, so Stop
+                        # takes effect within a second; a trained run is kept, finished.
+                        proc.terminate()
+                        if trained is not None:
+                            self.measurement_stopped = True
+                            return trained, None
+                        return Run(run_id=self.cfg.run_id, config=self.cfg.to_dict(),
+                                   status="cancelled", steps_done=last_step + 1), None
                 if not receive.poll(0.05):
                     continue
                 try:
@@ -337,14 +354,17 @@ class Job:
                 if kind == "points":
                     with self._lock:
                         self._points.extend(msg[1])
+                    last_step = msg[1][-1][0]
+                elif kind == "trained":
+                    trained = msg[1]
                 elif kind == "frame":
                     self._on_probe(msg[1], msg[2])
                 elif kind == "state":
                     self.state = msg[1]
                 elif kind == "error":
                     raise ChildFailed(msg[1])
-                else:  # "done"
-                    return msg[1], msg[2]
+                else:  # "done": the run (or None, sent before the measurement) and its frame
+                    return msg[1] if msg[1] is not None else trained, msg[2]
         finally:
             stop.set()
             receive.close()

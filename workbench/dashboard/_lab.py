@@ -127,6 +127,10 @@ class ProbeLab(SessionApp):
     def draw_results(self) -> None:
         """Draw ``self.probe_frames`` / the jobs' ``extra`` frames (event loop)."""
 
+    def clear_results(self) -> None:
+        """Empty the result figures as a new run starts: a run that ends without a measurement
+        (diverged, stopped, failed) must not leave the previous run's on the page."""
+
     # -- state ---------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
@@ -153,6 +157,7 @@ class ProbeLab(SessionApp):
         self.clear_error()
         probes, every_n = self.probe_fns()
         after = self.after()
+        self.clear_results()
         self.names = [n for n, _ in variants]
         self._curves = [SmoothedCurve(self.smoothing) for _ in variants]
         self.probe_frames = [[] for _ in variants]
@@ -199,10 +204,12 @@ class ProbeLab(SessionApp):
             done_steps += (curve.xs[-1] + 1) if curve.xs else 0
         self.progress.value = min(done_steps, self.progress.max)
         states = {j.state for j in self.jobs}
-        if "queued" in states:
+        if any(j.cancel_token.cancelled for j in self.jobs):
+            self.status.object = "stopping…"
+        elif "queued" in states:
             self.status.object = SLOTS.describe()
         elif "probing" in states:
-            self.status.object = "measuring the trained model… (Stop ends it after this measurement)"
+            self.status.object = "measuring the trained model… (Stop ends the measurement)"
         elif changed:
             self.status.object = f"training… {done_steps}/{self.progress.max} steps"
         if all(j.done for j in self.jobs):
@@ -239,9 +246,13 @@ class ProbeLab(SessionApp):
                 notes.append(f"{self.names[i]} cancelled at step {run.steps_done}")
             elif job.error:
                 self.show_error(f"measuring {self.names[i]} failed: {job.error}")
+            elif job.measurement_stopped:
+                kept = f" and {job.saved}" if job.saved else ""
+                notes.append(f"{self.names[i]} trained{kept}; its measurement was stopped")
         if all(j.result.status == "finished" for j in self.jobs):
             self.progress.value = self.progress.max
-            notes.append("finished")
+            if not any(j.measurement_stopped for j in self.jobs):
+                notes.append("finished")
         self.draw_results()
         self.loss_plot.param.trigger("object")
         self.status.object = "done: " + "; ".join(notes)

@@ -21,6 +21,8 @@ from ._lab import ProbeLab
 from ._session import page, plotly_pane
 
 BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256, 512)
+FIGURES = (density_figure, lambda_max_figure, stable_lr_figure, trace_figure)
+_EMPTY = pd.DataFrame(columns=["metric", "batch_size", "value", "eigenvalue"])
 
 
 def stable_lr_options(cfg) -> dict:
@@ -55,9 +57,12 @@ class CurvatureLab(ProbeLab):
         super().__init__(store_root, **params)
         self.result: pd.DataFrame | None = None
         kw = {"height": 300, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
-        self.plots = [plotly_pane(f(pd.DataFrame(columns=["metric", "batch_size", "value",
-                                                             "eigenvalue"])), **kw)
-                      for f in (density_figure, lambda_max_figure, stable_lr_figure, trace_figure)]
+        self.plots = [plotly_pane(f(_EMPTY), **kw) for f in FIGURES]
+
+    def clear_results(self) -> None:
+        self.result = None
+        for plot, f in zip(self.plots, FIGURES, strict=True):
+            plot.object = f(_EMPTY)
 
     def validate(self) -> None:
         if not self.batch_sizes:
@@ -77,9 +82,9 @@ class CurvatureLab(ProbeLab):
         if not done:
             return
         self.result, cfg = done[0].extra, done[0].cfg
-        for plot, f in zip(self.plots, (density_figure, lambda_max_figure,
-                                        functools.partial(stable_lr_figure, **stable_lr_options(cfg)),
-                                        trace_figure), strict=True):
+        figures = [functools.partial(f, **stable_lr_options(cfg)) if f is stable_lr_figure else f
+                   for f in FIGURES]
+        for plot, f in zip(self.plots, figures, strict=True):
             plot.object = f(self.result)
 
     def results_view(self):

@@ -66,6 +66,11 @@ class DepthLab(ProbeLab):
 
         return {"depth_variance": depth_variance}, self.probe_every
 
+    def clear_results(self) -> None:
+        for pane, p in zip(self.heatmaps, PLACEMENTS, strict=True):
+            pane.object = depth_heatmap(_EMPTY, title=p)
+        self.lines.object = depth_lines({})
+
     @param.depends("metric", watch=True)
     def draw_results(self) -> None:
         frames = {n: pd.concat(f, ignore_index=True) for n, f in zip(self.names, self.probe_frames,

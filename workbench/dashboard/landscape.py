@@ -49,12 +49,18 @@ class LandscapeLab(ProbeLab):
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
         super().__init__(store_root, **params)
         self.result: pd.DataFrame | None = None
+        self._toward: str | None = None  # the stored run the measured line goes to
         kw = {"height": 380, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
-        empty = pd.DataFrame({"metric": [], "alpha": [], "beta": [], "value": []})
-        self.line_plot = plotly_pane(line_figure(empty), **kw)
-        self.contour_plot = plotly_pane(contour_figure(empty), **kw)
-        self.surface_plot = plotly_pane(surface_figure(empty), **kw)
+        self.line_plot = plotly_pane(line_figure(_EMPTY), **kw)
+        self.contour_plot = plotly_pane(contour_figure(_EMPTY), **kw)
+        self.surface_plot = plotly_pane(surface_figure(_EMPTY), **kw)
         self.list_stored_runs()
+
+    def clear_results(self) -> None:
+        self.result = None
+        for plot, f in ((self.line_plot, line_figure), (self.contour_plot, contour_figure),
+                        (self.surface_plot, surface_figure)):
+            plot.object = f(_EMPTY)
 
     @param.depends("direction", watch=True)
     def list_stored_runs(self) -> None:
@@ -85,7 +91,13 @@ class LandscapeLab(ProbeLab):
         if self.other_run is None:
             raise ValueError("no stored run to interpolate toward: train one first (here or in "
                              "the Arena), then pick it under 'Stored run'")
-        other = TrainConfig.from_dict(self.store.get(self.other_run, rows=False).config)
+        try:
+            other = TrainConfig.from_dict(self.store.get(self.other_run, rows=False).config)
+        except KeyError:  # deleted since the list was made
+            gone = self.other_run
+            self.list_stored_runs()
+            raise ValueError(f"stored run {gone} is no longer in the store: pick another under "
+                             "'Stored run' (the list is refreshed)") from None
         (_, mine), = self.variants()
         if other.run_id == mine.run_id:
             raise ValueError(f"stored run {self.other_run} is this very configuration: change "
@@ -99,6 +111,7 @@ class LandscapeLab(ProbeLab):
         kw = {}
         if self.direction == "stored run":
             kw = {"other_run": self.other_run, "store_root": str(self.store.root)}
+        self._toward = kw.get("other_run")  # what this run measures, whatever is picked later
         return functools.partial(landscape_after, examples=self.examples, dims=self.dims,
                                  steps=self.grid, span=float(self.span),
                                  direction="checkpoint" if kw else self.direction,
@@ -111,9 +124,9 @@ class LandscapeLab(ProbeLab):
             return
         self.result = frames[0]
         line = line_figure(self.result)
-        if self.direction == "stored run":  # before the pane gets it: it sends what it is given
+        if self._toward is not None:  # before the pane gets it: it sends what it is given
             line.update_layout(title=f"1-D slice: trained weights (0) to stored run "
-                                     f"{self.other_run} (1)")
+                                     f"{self._toward} (1)")
         self.line_plot.object = line
         if self.result["beta"].notna().any():
             self.contour_plot.object = contour_figure(self.result)
@@ -128,6 +141,9 @@ class LandscapeLab(ProbeLab):
         return {**super().widgets(), "grid": pn.widgets.IntInput, "span": pn.widgets.FloatInput,
                 "examples": pn.widgets.IntInput, "dims": pn.widgets.RadioButtonGroup,
                 "mode": pn.widgets.RadioButtonGroup}
+
+
+_EMPTY = pd.DataFrame({"metric": [], "alpha": [], "beta": [], "value": []})
 
 
 def _model_and_data(config: dict) -> str:

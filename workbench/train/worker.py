@@ -3,7 +3,8 @@
 :func:`run_job` is a job's work wherever it runs: train, then the ``after`` step on a finished run.
 :func:`child_main` runs it in a child process and sends what happens over a pipe: per-step points in
 batches (every :data:`FLUSH_S` seconds), probe frames as they come, state changes, then the run
-(without its live model and data set) and the ``after`` frame, or an error. Children are forked
+(without its live model and data set; before the ``after`` step, when there is one) and the
+``after`` frame, or an error. Children are forked
 from a forkserver (:func:`context`) that has imported torch, the trainer and the probes once, so
 starting one costs tens of milliseconds; this module imports no dashboard code (no panel), which
 keeps that server and every child light. The after-training probes the dashboards use live here
@@ -30,16 +31,29 @@ class ChildFailed(RuntimeError):
     """A training process failed; the message is its error (``"Type: message"``) or how it ended."""
 
 
-def run_job(cfg, probes, probe_every, after, cancel, on_step, on_probe, set_state):
-    """What a job does wherever it runs: train, then ``after`` on a finished run."""
+def run_job(cfg, probes, probe_every, after, cancel, on_step, on_probe, set_state,
+            on_trained=None):
+    """What a job does wherever it runs: train, then ``after`` on a finished run.
+    ``on_trained(run)`` is told the run before ``after`` starts (a measurement that is stopped
+    must not take the trained run with it)."""
     schedule = every(probe_every) if probes and probe_every else None
     run = train(cfg, probes=probes or None, schedule=schedule, cancel=cancel, callback=on_step,
                 probe_callback=on_probe)
     extra = None
     if after is not None and run.status == "finished" and not cancel.cancelled:
+        if on_trained is not None:
+            on_trained(run)
         set_state("probing")
         extra = after(run, cancel)
     return run, extra
+
+
+def _portable(run):
+    """The run without its live model and data set, its weights as a state dict: what a
+    training process sends back (and the store saves)."""
+    import dataclasses
+
+    return dataclasses.replace(run, weights=run.state_dict(), model=None, dataset=None)
 
 
 def child_main(cfg, probes, probe_every, after, threads, conn, stop) -> None:
@@ -69,13 +83,20 @@ def child_main(cfg, probes, probe_every, after, threads, conn, stop) -> None:
         flush()
         conn.send(("state", state))
 
+    sent = []  # the run, once sent before a measurement ("trained")
+
+    def on_trained(run) -> None:
+        flush()
+        conn.send(("trained", _portable(run)))
+        sent.append(run)
+
     try:
         run, extra = run_job(cfg, probes, probe_every, after, CancelToken(stop), on_step, on_probe,
-                             set_state)
+                             set_state, on_trained)
         flush()
-        # live objects stay here; the frame and the weights (for the store) are the result
-        run.weights, run.model, run.dataset = run.state_dict(), None, None
-        conn.send(("done", run, extra))
+        # live objects stay here; the frame and the weights (for the store) are the result,
+        # sent once: after a measurement only its frame follows
+        conn.send(("done", None if sent else _portable(run), extra))
     except BaseException as exc:  # noqa: BLE001  (report, never hang the worker)
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
