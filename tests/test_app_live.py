@@ -10,6 +10,7 @@ pytest.importorskip("requests")
 
 import requests  # noqa: E402  (after the skips: a missing extra skips, never errors)
 
+from workbench.dashboard._jobs import MAX_BATCH
 from workbench.dashboard.live import (
     MAX_STEPS,
     LiveTraining,
@@ -67,10 +68,10 @@ def test_stop_cancels_within_a_second(live, tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("batch_size", 100_000, "larger than the training set"),
+    ("batch_size", MAX_BATCH + 1, f"batch size must be at most {MAX_BATCH}"),
     ("lr", 0.0, "lr must be > 0"),
     ("steps", MAX_STEPS + 1, f"at most {MAX_STEPS}"),
-    ("seed", -1, "seed must be a non-negative integer"),
+    ("seed", -1, "seed must be an integer in [0, 2**32)"),
 ])
 def test_bad_input_shows_a_message_not_a_traceback(live, field, value, message):
     setattr(live, field, value)

@@ -116,6 +116,15 @@ def test_stop_cancels_every_lane_within_a_second(app):
     # within the width and depth limits, but 2e10 parameters: it froze the machine once
     (lambda a: (a.param.update(width=256, depth=8), a.lanes[1].param.update(model="convnet")),
      "lane 2 (convnet batch B=32 sgd 0.05 seed 1): this model has 20,043.7M parameters; at most 8M"),
+    # lanes that cannot train: refused at Train with a message naming the fix, not at step 0
+    (lambda a: setattr(a.lanes[0], "seed", 2**64), "lane 1 (mlp batch B=32 sgd 0.05 seed "
+     "18446744073709551616): seed must be an integer in [0, 2**32)"),
+    (lambda a: a.lanes[0].param.update(batch_size=1), "batch_size=1 leaves one value per feature"),
+    (lambda a: a.lanes[1].param.update(micro_batch=1), "micro_batch=1 leaves one value per feature"),
+    (lambda a: a.lanes[0].param.update(norm="ghost_batch", virtual_batch=1),
+     "virtual_batch_size=1 on (N, C) features normalizes each value by itself"),
+    (lambda a: a.lanes[0].param.update(norm="ghost_batch", batch_size=33),
+     "use a batch size that is not 1 more than a multiple of 8, e.g. 32"),
 ])
 def test_bad_input_shows_a_message_and_starts_nothing(app, setup, message):
     setup(app)
@@ -228,3 +237,30 @@ def test_live_smoothness_follows_each_lanes_learning_rate(app, tmp_path):
         assert (abs(f.lr_effective * f.weight_norm ** 2 / lr - 1) < 1e-4).all()
         seen.add(lr)
     assert seen == {0.02, 0.3}
+
+
+def test_status_lines_name_the_run_started_not_the_lane_edited_since(app, tmp_path):
+    _long_run(app)
+    app.lanes[1].enabled = False
+    assert app.start()
+    app.lanes[0].param.update(batch_size=512, optimizer="adam", norm="layer")  # mid-run edits
+    _wait(lambda: app.refresh() or app.progress[0].value >= 3)
+    app._draw()
+    assert app.lane_status[0].object.startswith("**mlp batch B=256 sgd 0.05**: step")
+    app.stop()
+    _run_to_end(app, 5)
+    assert app.lane_status[0].object.startswith("**mlp batch B=256 sgd 0.05**: cancelled")
+    assert app.loss_fig.data[0].name == "mlp batch B=256 sgd 0.05"
+
+
+def test_depth_variance_is_measured_on_residual_lanes_and_skipped_with_a_note_elsewhere(app):
+    app.steps, app.probes, app.probe_every = 10, ["depth_variance"], 5
+    app.lanes[1].param.update(model="transformer")
+    assert app.start()
+    assert "depth variance is not measured on lane(s) 1: a plain MLP" in app.status.object
+    _run_to_end(app)
+    assert all("finished" in app.lane_status[i].object for i in range(2))
+    assert not app.alert.visible
+    assert app.status.object.startswith("done") and "lane(s) 1: a plain MLP" in app.status.object
+    assert len(app.probe_fig.data[0].x or ()) == 0  # lane 1: nothing measured
+    assert list(app.probe_fig.data[1].x) == [0, 5, 9]  # lane 2, the transformer: measured

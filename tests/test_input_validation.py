@@ -1,5 +1,6 @@
 """Bad arguments get a ValueError (CLI: one line, exit status 2) that names the argument, the bad
 value and what is valid, never a raw TypeError/KeyError/RuntimeError from deep inside."""
+import dataclasses
 import math
 
 import pytest
@@ -208,3 +209,72 @@ def test_depth_variance_seed():
     model, batch = _model("batch", residual=True), _batch(8)
     with pytest.raises(ValueError, match=r"seed must be an integer, got 'a'"):
         depth_variance(model, batch, CE, seed="a")
+
+
+@pytest.mark.parametrize(("seed", "ok"), [(0, True), (2**32 - 1, True), (2**32, False),
+                                          (2**64, False), (-1, False), (True, False)])
+def test_seed_range(seed, ok):
+    if ok:
+        assert TrainConfig(seed=seed).seed == seed
+    else:
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+            TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize(("norm", "kw", "fails"), [
+    ("batch", {"batch_size": 1}, "batch_size=1 leaves one value per feature"),
+    ("batch_channel", {"batch_size": 8, "micro_batch": 1}, "micro_batch=1"),
+    ("ghost_batch", {"batch_size": 17}, "not 1 more than a multiple of 8, e.g. 16"),
+    ("batch", {"batch_size": 2}, None),
+    ("ghost_batch", {"batch_size": 16}, None),
+    ("ghost_batch", {"batch_size": 9, "micro_batch": 3}, None),  # forward passes of 3
+    ("layer", {"batch_size": 1}, None),
+])
+def test_mlp_batch_statistics_need_two_examples_per_forward_pass(norm, kw, fails):
+    cfg = lambda: TrainConfig(model=MLPConfig(norm=norm), **kw)  # noqa: E731
+    if fails:
+        with pytest.raises(ValueError, match=fails):
+            cfg()
+        return
+    from workbench.train import train
+
+    assert train(dataclasses.replace(cfg(), steps=1)).status == "finished"  # it does train
+
+
+def test_a_convnet_batch_norm_trains_on_one_example():
+    """(N, C, H, W): one example still has H*W values per channel."""
+    from workbench.data import DataConfig
+    from workbench.models import ConvNetConfig
+    from workbench.train import train
+
+    cfg = TrainConfig(model=ConvNetConfig(norm="batch", channels=4, stages=1), batch_size=1,
+                      steps=1, data=DataConfig(name="digits", n_train=64, n_test=16))
+    assert train(cfg).status == "finished"
+
+
+def test_ghost_virtual_batch_of_one():
+    from workbench.norms import GhostBatchNorm
+
+    with pytest.raises(ValueError, match="virtual_batch_size=1 on"):
+        GhostBatchNorm(4, "features", virtual_batch_size=1)
+    with pytest.raises(ValueError, match="must be a positive integer, got 0"):
+        GhostBatchNorm(4, "conv", virtual_batch_size=0)
+    x = torch.randn(3, 4, 5, 5)  # per example and channel: 25 values, instance statistics
+    y = GhostBatchNorm(4, "conv", virtual_batch_size=1, affine=False)(x)
+    ref = F.instance_norm(x, eps=1e-5)
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_infinite_learning_rate_and_span_are_refused():
+    from workbench.probes import landscape, smoothness
+
+    model = build_model(MLPConfig(width=8, depth=1, in_dim=4, out_dim=3))
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    with pytest.raises(ValueError, match="lr must be a finite number, got inf"):
+        smoothness(model, batch, F.cross_entropy, lr=math.inf)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        smoothness(model, batch, F.cross_entropy, lr=math.inf, etas=[0.1])
+    with pytest.raises(ValueError, match="span must be a finite number, got inf"):
+        landscape(model, batch, F.cross_entropy, span=math.inf)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        TrainConfig(lr=math.inf)

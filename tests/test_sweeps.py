@@ -117,7 +117,10 @@ def test_killed_sweep_resumes_without_loss_or_repeats(tmp_path):
 
 
 def test_failing_and_diverging_runs_are_recorded_and_the_rest_finish(tmp_path):
-    failing = {"model.norm": "batch", "batch_size": 1}  # BatchNorm cannot train on one example
+    # ghost BN (virtual batches of 3) trains at B=2, then the batch grows to 4 at step 5 and its
+    # last virtual batch holds one example: a run that fails part-way, not at validation
+    failing = {"model.norm": "ghost_batch", "model.norm_options": {"virtual_batch_size": 3},
+               "batch_size": 2, "max_batch_size": 8, "batch_schedule": "step", "growth_every": 5}
     diverging = {"lr": 1e6}
     sweep = Sweep(base=SMOKE, grid={"batch_size": [8, 16]}, extra=[failing, diverging])
     store = RunStore(tmp_path)
@@ -125,7 +128,8 @@ def test_failing_and_diverging_runs_are_recorded_and_the_rest_finish(tmp_path):
         result = run_sweep(sweep, store, "serial", progress=False)
     assert (result.counts["finished"], result.counts["failed"], result.counts["diverged"]) == (2, 1, 1)
     by_status = {store.get(r).status: store.get(r) for r in store.run_ids()}
-    assert "batch norm in train mode needs more than one value per channel" in by_status["failed"].error
+    assert "the last virtual batch of a batch of 4" in by_status["failed"].error
+    assert by_status["failed"].steps_done == 5  # its first five steps are kept
     # a diverged run's final loss is not the mean of its finite steps: it must not rank
     table = A.runs_table(store)
     final = dict(zip(table.status, table.final_train_loss))

@@ -11,14 +11,18 @@ def check_choice(what: str, value, choices: Iterable) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
-def check_positive(what: str, value, *, allow_zero: bool = False, integer: bool = False) -> None:
-    """Raise a ValueError naming ``what`` unless ``value`` is a positive (or non-negative) number."""
+def check_positive(what: str, value, *, allow_zero: bool = False, integer: bool = False,
+                   finite: bool = False) -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is a positive (or non-negative) number
+    (and, with ``finite``, not infinite)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{what} must be {kind}, got {value!r}")
     if value != value or (value < 0 if allow_zero else value <= 0):  # NaN fails too
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{what} must be {bound}, got {value!r}")
+    if finite and value == float("inf"):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
 
 
 def check_divides(what: str, divisor: int, whole_what: str, whole: int) -> None:

@@ -44,6 +44,11 @@ ROW_PROBE = {"smoothness_small": "smoothness"}  # the probe column of a choice's
 NUM_LANES = 4
 
 
+def _residual(cfg: TrainConfig) -> bool:
+    """Whether the run's model has residual blocks (what the depth-variance probe needs)."""
+    return cfg.model.kind != "mlp" or bool(getattr(cfg.model, "residual", False))
+
+
 def probe_fns(names) -> dict:
     """``{name: fn}`` for the chosen probes that exist (imported lazily: a missing one is skipped)."""
     import functools
@@ -153,6 +158,8 @@ class Arena(SessionApp):
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self._last: list[tuple[int, dict] | None] = [None] * NUM_LANES  # latest (step, metrics)
+        self._names: list[str] = [""] * NUM_LANES  # captured at start: lanes may be edited later
+        self._note = ""  # what the status line adds for the whole run
         self.loss_fig = lanes_figure([], metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure([], metric="accuracy")
         self.probe_fig = probes_figure([], [])
@@ -208,7 +215,7 @@ class Arena(SessionApp):
             self.status.object = "not started: fix the value above"
             return False
         self.clear_error()
-        names = [lane.describe() for lane in self.lanes]
+        names = self._names = [lane.describe() for lane in self.lanes]
         self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y)
         self.acc_fig = lanes_figure(names, metric="accuracy")
         self._title_curves()
@@ -218,18 +225,23 @@ class Arena(SessionApp):
         self.loss_plot.object, self.acc_plot.object, self.probe_plot.object = (
             self.loss_fig, self.acc_fig, self.probe_fig)
         probes = probe_fns(self.probes)
+        skipped = [i for i, cfg in configs if "depth_variance" in probes and not _residual(cfg)]
+        self._note = (f" (depth variance is not measured on lane(s) "
+                      f"{', '.join(str(i + 1) for i in skipped)}: a plain MLP has no residual "
+                      "blocks)") if skipped else ""
         for i, cfg in configs:
             self._curves[i] = {m: SmoothedCurve(self.smoothing) for m in ("loss", "accuracy")}
             self._last[i] = None
             self._probe_frames[i] = []
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
             self.lane_status[i].object = f"**{names[i]}**: waiting to start"
-            job = Job(cfg, probes=probes, probe_every=self.probe_every, store=self.store)
+            mine = {n: f for n, f in probes.items() if n != "depth_variance" or i not in skipped}
+            job = Job(cfg, probes=mine, probe_every=self.probe_every, store=self.store)
             self.jobs[i] = job
             job.start()
         for i in set(range(NUM_LANES)) - {i for i, _ in configs}:
             self.lane_status[i].object, self.progress[i].value = "", 0
-        self.status.object = f"training {len(configs)} lane(s)…"
+        self.status.object = f"training {len(configs)} lane(s)…{self._note}"
         self.train_button.disabled, self.stop_button.disabled = True, False
         self.start_periodic()
         return True
@@ -286,7 +298,7 @@ class Arena(SessionApp):
                             curve.add(step, v)
                 self._last[i] = points[-1]  # bar and status line: once a second, in _draw
             elif job.state == "queued":
-                self.lane_status[i].object = f"**{self.lanes[i].describe()}**: {SLOTS.describe()}"
+                self.lane_status[i].object = f"**{self._names[i]}**: {SLOTS.describe()}"
             if frames:
                 changed = True
                 self._probe_frames[i].extend(frames)
@@ -309,7 +321,7 @@ class Arena(SessionApp):
             if slow and self._last[i] is not None and self.jobs[i] is not None:
                 step, metrics = self._last[i]
                 self.progress[i].value = min(step + 1, self.progress[i].max)
-                self.lane_status[i].object = (f"**{self.lanes[i].describe()}**: step "
+                self.lane_status[i].object = (f"**{self._names[i]}**: step "
                                               f"{step + 1}/{self.progress[i].max}, "
                                               f"loss {metrics['loss']:.4g}")
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
@@ -335,7 +347,7 @@ class Arena(SessionApp):
 
     def _finish_lane(self, i: int, job: Job) -> None:
         self.jobs[i] = None
-        run, name = job.result, self.lanes[i].describe()
+        run, name = job.result, self._names[i]
         note = f" ({job.saved})" if job.saved else ""
         self.progress[i].value = min(run.steps_done, self.progress[i].max)
         if run.status == "finished":
@@ -355,7 +367,7 @@ class Arena(SessionApp):
             self.lane_status[i].object = f"**{name}**: failed at step {run.steps_done}"
         if not self.running:
             self.train_button.disabled, self.stop_button.disabled = False, True
-            self.status.object = "done: every lane has ended"
+            self.status.object = f"done: every lane has ended{self._note}"
 
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:

@@ -27,6 +27,8 @@ from ._jobs import (  # noqa: E402
     DEFAULT_NORM,
     MAX_STEPS,
     Job,
+    check_limits,
+    check_model_size,
     data_config,
     datasets_for,
     norms_for,
@@ -94,12 +96,11 @@ class LiveTraining(SessionApp):
 
     def build_config(self) -> TrainConfig:
         """The run the controls describe; raises ValueError with a readable message."""
-        if not isinstance(self.steps, int) or self.steps > MAX_STEPS:
-            raise ValueError(f"steps must be at most {MAX_STEPS} in the live app, got {self.steps!r}")
+        check_limits(steps=self.steps, batch_size=self.batch_size)
         model_cfg = MODELS[self.model][0](norm=self.norm)
-        return TrainConfig(model=model_cfg, data=data_config(self.dataset),
-                           steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
-                           lr=self.lr, seed=self.seed)
+        return check_model_size(TrainConfig(
+            model=model_cfg, data=data_config(self.dataset), steps=self.steps,
+            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed))
 
     def start(self) -> bool:
         """Validate the controls and start a training Job; False if it did not start."""

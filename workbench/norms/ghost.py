@@ -46,6 +46,13 @@ class GhostBatchNorm(_BatchNorm):
                  device=None, dtype=None):
         super().__init__(num_channels, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=True, device=device, dtype=dtype)
+        if (not isinstance(virtual_batch_size, int) or isinstance(virtual_batch_size, bool)
+                or virtual_batch_size < 1):
+            raise ValueError(f"ghost_batch: virtual_batch_size must be a positive integer, "
+                             f"got {virtual_batch_size!r}")
+        if virtual_batch_size == 1 and layout == "features":
+            raise ValueError("ghost_batch: virtual_batch_size=1 on (N, C) features normalizes "
+                             "each value by itself (one value per channel): use at least 2")
         self.layout = layout
         self.virtual_batch_size = virtual_batch_size
 

@@ -93,7 +93,7 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
     check_positive("steps", steps, integer=True)
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (grid points per axis), got {steps}")
-    check_positive("span", span)
+    check_positive("span", span, finite=True)
     if points_per_call != "auto":
         check_positive("points_per_call", points_per_call, integer=True)
     if (other is None) == (direction == "checkpoint"):

@@ -38,8 +38,8 @@ from .layer_norms import weight_layers
 
 def eta_grid(lr: float, etas=None, num_etas: int = 8) -> list[float]:
     """The step sizes: ``etas`` as given, else ``num_etas`` log-spaced from lr/16 to 2 lr."""
+    check_positive("lr", lr, finite=True)  # also sets lr_effective when etas are given
     if etas is None:
-        check_positive("lr", lr)
         check_positive("num_etas", num_etas, integer=True)
         if num_etas == 1:
             return [float(lr)]

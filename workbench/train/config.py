@@ -85,7 +85,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "base_batch_size", "growth_every", "norm_test_every"):
             check_positive(name, getattr(self, name), integer=True)
         for name in ("lr", "eps", "trust_coefficient", "norm_test_theta"):
-            check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name), finite=True)
         for name in ("momentum", "weight_decay"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if self.momentum >= 1:
@@ -95,8 +95,9 @@ class TrainConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps} is more than steps={self.steps}: "
                              "the warm-up would not end within the run")
         check_positive("eval_every", self.eval_every, allow_zero=True, integer=True)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                or not 0 <= self.seed < 2**32):
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_scaling", self.lr_scaling, LR_SCALING)
         check_choice("lr_decay", self.lr_decay, LR_DECAY)
@@ -126,6 +127,7 @@ class TrainConfig:
                 f"batch_schedule='norm_test' compares the gradients of at least 2 chunks of the "
                 f"batch, and norm={self.model.norm!r} needs 2 examples per chunk: batch_size must "
                 f"be at least 4, got {self.batch_size} (or set micro_batch)")
+        self._check_forward_batch()
         top = self.max_batch_size or self.batch_size
         if top > self.data.n_train:
             raise ValueError(f"batch size {top} is larger than the training set "
@@ -137,6 +139,27 @@ class TrainConfig:
                              f"({kind}); models for it: {', '.join(fits)}; data sets for "
                              f"{self.model.kind!r}: " + ", ".join(
                                  d for d, k in DATASET_INPUTS.items() if k in MODEL_INPUTS[self.model.kind]))
+
+    def _check_forward_batch(self) -> None:
+        """An MLP's norm on batch statistics sees (N, C) features: one value per channel when a
+        forward pass (the micro-batch, or the batch) has one example, or ghost's last virtual
+        batch has one. Refused here, before anything trains, rather than at step 0."""
+        norm = getattr(self.model, "norm", None)
+        if self.model.kind != "mlp" or norm not in BATCH_STAT_NORMS:
+            return
+        what, n = ("micro_batch", self.micro_batch) if self.micro_batch else ("batch_size",
+                                                                               self.batch_size)
+        if n < 2:
+            raise ValueError(
+                f"norm={norm!r} on an MLP normalizes each feature over the examples of a forward "
+                f"pass, and {what}={n} leaves one value per feature: use at least 2, or a norm "
+                "without batch statistics (layer, group, rms, none)")
+        v = self.model.norm_options.get("virtual_batch_size", 8) if norm == "ghost_batch" else 0
+        if v and n > v and n % v == 1:
+            raise ValueError(
+                f"norm='ghost_batch' with virtual_batch_size={v} splits {what}={n} into virtual "
+                f"batches whose last has one example (one value per feature on an MLP): use a "
+                f"{what.replace('_', ' ')} that is not 1 more than a multiple of {v}, e.g. {n - 1}")
 
     # -- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
