@@ -59,7 +59,7 @@ def test_bad_value_shows_the_message(page, live_server, screenshot):
     _open(page, f"{live_server}/train_app")
     _set(page, "Batch size", 100000)
     page.get_by_role("button", name="Train").click()
-    page.get_by_text("larger than the training set").wait_for(timeout=5_000)
+    page.get_by_text("batch size must be at most 1024").wait_for(timeout=5_000)
     page.get_by_text("not started").wait_for()
     assert _points(page) == 0
     screenshot("error")
