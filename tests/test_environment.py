@@ -85,6 +85,9 @@ def test_environment_pip_section_matches_constraints_and_extras(env, pyproject):
     extras = set(filter(None, (m[1] or "").split(",")))
     known = set(pyproject["project"].get("optional-dependencies", {}))
     assert "dev" in extras and extras <= known, f"extras {sorted(extras)} vs pyproject {sorted(known)}"
+    make = re.search(r"^EXTRAS \?= ([\w,-]+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert make and extras == set(make[1].split(",")), \
+        f"environment.yml installs extras {sorted(extras)}, the Makefile {make and make[1]}"
 
 
 def test_torch_is_a_floor_in_pyproject_and_a_pin_in_constraints(pyproject):
