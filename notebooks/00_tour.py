@@ -133,6 +133,8 @@ print(f"top Hessian eigenvalue on the test set after {restored.steps_done} steps
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import math  # noqa: E402
+
 import ipywidgets as widgets  # noqa: E402
 
 from workbench.norms import norm_layouts, NORMS  # noqa: E402
@@ -143,7 +145,10 @@ def rerun(norm="batch", lr=0.5):
                                        norm_options={"groups": 8} if norm in ("group", "batch_channel") else {}),
                        lr=lr)
     run = train(cfg)
-    print(f"{norm}: {run.status}, final loss {run.final('loss'):.3f}")
+    chance = math.log(10)  # 10 classes: the loss of a uniform guess
+    stuck = run.status == "finished" and run.final("loss") > 0.9 * chance
+    learned = f" (no better than chance, ln 10 = {chance:.2f})" if stuck else ""
+    print(f"{norm}: {run.status}, final loss {run.final('loss'):.3f}{learned}")
 
 
 widgets.interact_manual(rerun, norm=[n for n in NORMS if "features" in norm_layouts(n)],

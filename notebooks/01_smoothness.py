@@ -308,7 +308,11 @@ import ipywidgets as widgets  # noqa: E402
 def rerun(norm="BatchNorm", lr=0.1, seed=0):
     run, f = smoothness_run(norm, seed=seed, lr=lr)
     med = f[f.metric.isin(METRICS)].groupby("metric").value.median()
-    print(f"{norm}, lr={lr:g}: {run.status}, final loss {run.final('loss'):.3f}; medians: "
+    n = f.step.nunique()
+    when = f"medians over {n} probe step{'s' if n != 1 else ''}"
+    if run.status == "diverged":  # the probe stopped with the run
+        when += f" before it diverged at step {run.diverged_step}"
+    print(f"{norm}, lr={lr:g}: {run.status}, final loss {run.final('loss'):.3f}; {when}: "
           + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
     px.line(f[f.metric.isin(METRICS)], x="step", y="value", color="metric", log_y=True, markers=True,
             title=f"{norm}, lr = {lr:g}").show()

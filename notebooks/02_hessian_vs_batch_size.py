@@ -116,10 +116,10 @@ import plotly.graph_objects as go  # noqa: E402
 from workbench.viz import labelled_hline  # noqa: E402
 
 
-def lambda_figure(per_b, fits, title):
+def lambda_figure(per_b, fits, title, num_batches=8):
     lam = per_b.lambda_max_mean.loc[SIZES]
     grid = np.geomspace(SIZES[0], SIZES[-1], 60)
-    fig = go.Figure(go.Scatter(x=SIZES, y=lam, mode="markers", name="λ_max(H_B), mean of 8 batches",
+    fig = go.Figure(go.Scatter(x=SIZES, y=lam, mode="markers", name=f"λ_max(H_B), mean of {num_batches} batches",
                                error_y={"array": per_b.lambda_max_std.loc[SIZES]}))
     fig.add_scatter(x=grid, y=fits["fit_lambda_full"] + fits["fit_c"] / grid, mode="lines", name="a + c/B")
     fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="batch size B",
@@ -319,7 +319,7 @@ def rerun(steps=100, num_batches=8):
     p, f = spectrum_vs_batch(steps=steps, num_batches=num_batches)
     print(f"fit: lambda_full = {f.fit_lambda_full:.2f}, c = {f.fit_c:.1f}, R2 = {f.fit_r2:.2f}, "
           f"SGD lr exponent {f.lr_sgd_exponent:.2f}, Adam {f.lr_adam_exponent:.2f}")
-    lambda_figure(p, f, f"checkpoint after {steps} steps").show()
+    lambda_figure(p, f, f"checkpoint after {steps} steps", num_batches).show()
 
 
 widgets.interact_manual(rerun, steps=widgets.IntSlider(value=100, min=1, max=500, step=20),

@@ -188,9 +188,20 @@ import ipywidgets as widgets  # noqa: E402
 def refit(target=0.3):
     t = runs_table(store, target_loss=target, target_probe="eval")
     s = steps_vs_batch(t, by=(), tune=("lr",))
+    reached = s[np.isfinite(s.steps_to_target)]
+    if reached.empty:
+        print(f"target {target}: no batch size reaches it in {base.steps} steps at any learning "
+              "rate, so there is nothing to fit: try a higher target")
+        return
     f = critical_batch(s, by=()).iloc[0]
+    if not np.isfinite(f.b_crit):
+        lo, hi = reached.steps_to_target.min(), reached.steps_to_target.max()
+        span = f"all at step {lo:.0f}" if lo == hi else f"from {lo:.0f} to {hi:.0f} steps"
+        print(f"target {target}: the steps to reach it do not fall with B ({span}, "
+              f"{len(reached)} batch sizes): no knee to fit, the target is too easy; try a lower one")
+        return
     print(f"target {target}: B_crit = {f.b_crit:.0f}, S_min = {f.s_min:.0f}, misfit {f.rel_rmse:.2f}")
-    trade_off_figure(s[np.isfinite(s.steps_to_target)], f).show()
+    trade_off_figure(reached, f).show()
 
 
 widgets.interact_manual(refit, target=widgets.FloatSlider(value=0.3, min=0.2, max=1.0, step=0.05))

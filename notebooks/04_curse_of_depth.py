@@ -294,6 +294,9 @@ import ipywidgets as widgets  # noqa: E402
 
 
 def rerun(depth=12, steps=100, compare=("Pre-LN", "Pre-LN + LNS")):
+    if not compare:
+        print("pick at least one placement to compare (ctrl/cmd-click for several)")
+        return
     fs = [probe_run(PLACEMENTS[n], depth=depth, steps=steps)[1].assign(placement=n) for n in compare]
     m = pd.concat(fs).groupby(["placement", "when", "metric", "block"]).value.mean()
     for n in compare:

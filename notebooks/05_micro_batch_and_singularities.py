@@ -291,7 +291,9 @@ import ipywidgets as widgets  # noqa: E402
 
 def rerun(variant="BN, micro-batch 1", micro=1, steps=150):
     _, stats, _ = micro_run(variant, micro=micro, steps=steps)
-    print(f"{variant} with micro-batch {micro}: " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
+    norm = variant.split(",")[0]  # "BN, micro-batch 1" -> "BN": the knob sets the micro-batch
+    print(f"{norm} at micro-batch {micro}, {steps} steps: "
+          + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()))
 
 
 widgets.interact_manual(rerun, variant=list(VARIANTS)[1:],
