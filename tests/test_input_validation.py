@@ -223,7 +223,7 @@ def test_seed_range(seed, ok):
 
 @pytest.mark.parametrize(("norm", "kw", "fails"), [
     ("batch", {"batch_size": 1}, "batch_size=1 leaves one value per feature"),
-    ("batch_channel", {"batch_size": 8, "micro_batch": 1}, "micro_batch=1"),
+    ("batch_channel", {"batch_size": 8, "micro_batch": 1}, None),  # estimated statistics: fine
     ("ghost_batch", {"batch_size": 17}, "not 1 more than a multiple of 8, e.g. 16"),
     ("batch", {"batch_size": 2}, None),
     ("ghost_batch", {"batch_size": 16}, None),
@@ -278,3 +278,17 @@ def test_infinite_learning_rate_and_span_are_refused():
         landscape(model, batch, F.cross_entropy, span=math.inf)
     with pytest.raises(ValueError, match="lr must be a finite number"):
         TrainConfig(lr=math.inf)
+
+
+def test_batch_channel_norm_on_batch_statistics_needs_two_examples_per_forward_pass():
+    """Its default estimated statistics train on one example (above); stats="batch" cannot."""
+    from workbench.norms import batch_split_ok
+
+    bcn = {"stats": "batch", "groups": 8}
+    with pytest.raises(ValueError, match="micro_batch=1 leaves one value per feature"):
+        TrainConfig(model=MLPConfig(norm="batch_channel", norm_options=bcn), batch_size=8,
+                    micro_batch=1)
+    model = build_model(MLPConfig(norm="batch_channel", norm_options=bcn, in_dim=4, out_dim=3))
+    assert not batch_split_ok(model, 1) and batch_split_ok(model, 2)
+    model = build_model(MLPConfig(norm="batch_channel", in_dim=4, out_dim=3))  # estimated
+    assert batch_split_ok(model, 1)

@@ -111,11 +111,13 @@ def batch_split_ok(model: nn.Module, examples: int) -> bool:
     """Whether ``examples`` examples can go through ``model``'s norms on batch statistics in
     train mode as a batch of their own (a chunk or sub-batch of a larger one): at least two
     where there is any such norm (BatchNorm, ghost, Batch-Channel: one example of (N, C)
-    features is one value per channel), and for ghost batch norm no last virtual batch of one
-    (``examples % virtual_batch_size != 1``)."""
+    features is one value per channel; Batch-Channel only with ``stats="batch"``, its default
+    estimated statistics take one example), and for ghost batch norm no last virtual batch of
+    one (``examples % virtual_batch_size != 1``)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    stats = [m for m in model.modules() if isinstance(m, (_BatchNorm, BatchChannelNorm))]
+    stats = [m for m in model.modules() if isinstance(m, _BatchNorm)
+             or (isinstance(m, BatchChannelNorm) and m.stats == "batch")]
     if stats and examples < 2:
         return False
     return not any(examples > m.virtual_batch_size and examples % m.virtual_batch_size == 1

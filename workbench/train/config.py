@@ -29,7 +29,18 @@ MODEL_INPUTS = {"mlp": ("features", "images"), "convnet": ("images",), "transfor
 
 
 # norms on batch statistics: a chunk of the norm test's gradient comparison needs 2 examples
+# (Batch-Channel Norm only with stats="batch"; its default "estimated" statistics take one)
 BATCH_STAT_NORMS = ("batch", "ghost_batch", "batch_channel")
+
+
+def _batch_stats(model) -> str | None:
+    """The model config's norm when it normalizes over the examples of a forward pass in train
+    mode (BatchNorm, ghost, Batch-Channel with ``stats="batch"``), else None."""
+    norm = getattr(model, "norm", None)
+    if norm == "batch_channel" and getattr(model, "norm_options", {}).get("stats",
+                                                                         "estimated") != "batch":
+        return None
+    return norm if norm in BATCH_STAT_NORMS else None
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ class TrainConfig:
         if self.batch_schedule != "constant" and self.max_batch_size is None:
             raise ValueError(f"batch_schedule={self.batch_schedule!r} needs max_batch_size")
         if (self.batch_schedule == "norm_test" and self.micro_batch is None and self.batch_size < 4
-                and getattr(self.model, "norm", None) in BATCH_STAT_NORMS):
+                and _batch_stats(self.model) is not None):
             raise ValueError(
                 f"batch_schedule='norm_test' compares the gradients of at least 2 chunks of the "
                 f"batch, and norm={self.model.norm!r} needs 2 examples per chunk: batch_size must "
@@ -144,8 +155,8 @@ class TrainConfig:
         """An MLP's norm on batch statistics sees (N, C) features: one value per channel when a
         forward pass (the micro-batch, or the batch) has one example, or ghost's last virtual
         batch has one. Refused here, before anything trains, rather than at step 0."""
-        norm = getattr(self.model, "norm", None)
-        if self.model.kind != "mlp" or norm not in BATCH_STAT_NORMS:
+        norm = _batch_stats(self.model)
+        if self.model.kind != "mlp" or norm is None:
             return
         what, n = ("micro_batch", self.micro_batch) if self.micro_batch else ("batch_size",
                                                                                self.batch_size)
@@ -153,7 +164,8 @@ class TrainConfig:
             raise ValueError(
                 f"norm={norm!r} on an MLP normalizes each feature over the examples of a forward "
                 f"pass, and {what}={n} leaves one value per feature: use at least 2, or a norm "
-                "without batch statistics (layer, group, rms, none)")
+                "without batch statistics (layer, group, rms, none, batch_channel with its "
+                "default estimated statistics)")
         v = self.model.norm_options.get("virtual_batch_size", 8) if norm == "ghost_batch" else 0
         if v and n > v and n % v == 1:
             raise ValueError(
