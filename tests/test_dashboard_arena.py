@@ -125,6 +125,11 @@ def test_stop_cancels_every_lane_within_a_second(app):
      "virtual_batch_size=1 on (N, C) features normalizes each value by itself"),
     (lambda a: a.lanes[0].param.update(norm="ghost_batch", batch_size=33),
      "use a batch size that is not 1 more than a multiple of 8, e.g. 32"),
+    (lambda a: a.lanes[1].param.update(batch_schedule="step", max_batch=32),
+     "lane 2 (mlp batch B=32→32 sgd 0.05 seed 1): a growing batch needs 'Largest batch' above "
+     "the batch size 32, got 32"),
+    (lambda a: a.lanes[1].param.update(batch_schedule="norm_test", max_batch=4096),
+     "batch size must be at most 1024 in the dashboard, got 4096"),
 ])
 def test_bad_input_shows_a_message_and_starts_nothing(app, setup, message):
     setup(app)
@@ -264,3 +269,30 @@ def test_depth_variance_is_measured_on_residual_lanes_and_skipped_with_a_note_el
     assert app.status.object.startswith("done") and "lane(s) 1: a plain MLP" in app.status.object
     assert len(app.probe_fig.data[0].x or ()) == 0  # lane 1: nothing measured
     assert list(app.probe_fig.data[1].x) == [0, 5, 9]  # lane 2, the transformer: measured
+
+
+def test_a_lane_grows_its_batch(app, tmp_path):
+    """The 'step' schedule doubles the batch every 'Grow every' steps up to 'Largest batch'; the
+    lane's status line shows the batch in use, and the run's rows record it."""
+    app.steps = 40
+    app.lanes[0].param.update(batch_size=16, batch_schedule="step", max_batch=64, growth_every=10)
+    app.lanes[1].param.update(batch_size=16, batch_schedule="norm_test", max_batch=256)
+    assert app._names == [""] * 4 and app.lanes[0].describe() == "mlp batch B=16→64 sgd 0.05"
+    assert app.start()
+    _run_to_end(app)
+    assert all("finished" in app.lane_status[i].object for i in range(2))
+    store = RunStore(tmp_path / "runs")
+    sizes = [store.get(app.lanes[i].build(steps=40, width=16, depth=2).run_id).metric("batch_size")
+             for i in range(2)]
+    assert sizes[0].tolist() == [16] * 10 + [32] * 10 + [64] * 20
+    assert sizes[1].is_monotonic_increasing and 16 <= sizes[1].min() <= sizes[1].max() <= 256
+    _long_run(app)  # mid-run: the status line names the batch in use
+    app.lanes[0].param.update(batch_size=16, max_batch=64, growth_every=5)
+    app.lanes[1].batch_schedule = "constant"
+    assert app.start()
+    _wait(lambda: app.refresh() or app.progress[0].value >= 20, timeout=60)
+    app._draw()
+    assert app.lane_status[0].object.endswith(", batch 64")
+    assert ", batch" not in app.lane_status[1].object  # lane 2: a constant batch
+    app.stop()
+    _run_to_end(app, 5)

@@ -18,7 +18,7 @@ import param
 from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
-from ..train.schedules import LR_DECAY, LR_SCALING
+from ..train.schedules import BATCH_SCHEDULES, LR_DECAY, LR_SCALING
 from ..viz.curves import SmoothedCurve, diverged_marker, smoothed_title
 from ..viz.lanes import lanes_figure, probe_summary, probes_figure, thin
 from ._jobs import (
@@ -76,6 +76,13 @@ class Lane(param.Parameterized):
     dataset = param.Selector(objects=datasets_for("mlp"), default="gaussian_mixture")
     batch_size = param.Integer(default=32)
     micro_batch = param.Integer(default=0, label="Micro-batch (0: none)")
+    batch_schedule = param.Selector(objects=list(BATCH_SCHEDULES), default="constant",
+                                    label="Batch-size schedule",
+                                    doc="constant; step: doubles every 'Grow every' steps; "
+                                        "norm_test: grows when gradient noise dominates "
+                                        "(Byrd et al.), tested every 10 steps")
+    max_batch = param.Integer(default=256, label="Largest batch (growth)")
+    growth_every = param.Integer(default=50, label="Grow every (steps, 'step' schedule)")
     optimizer = param.Selector(objects=list(OPTIMIZERS), default="sgd")
     lr = param.Number(default=0.05, label="Learning rate")
     lr_scaling = param.Selector(objects=list(LR_SCALING), default="none", label="LR scaling")
@@ -98,6 +105,8 @@ class Lane(param.Parameterized):
         if self.model == "transformer":
             bits.append(self.placement)
         mb = f"/{self.micro_batch}" if self.micro_batch else ""
+        if self.batch_schedule != "constant":  # B=32→256 (step) or B=32→≤256 (norm test)
+            mb += f"→{'' if self.batch_schedule == 'step' else '≤'}{self.max_batch}"
         seed = f" seed {self.seed}" if self.seed else ""  # lanes that differ only by seed
         return f"{' '.join(bits)} B={self.batch_size}{mb} {self.optimizer} {self.lr:g}{seed}"
 
@@ -107,6 +116,14 @@ class Lane(param.Parameterized):
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= steps:
             raise ValueError(f"warmup steps must be between 0 and steps={steps}, "
                              f"got {self.warmup_steps!r}")
+        growth = {}
+        if self.batch_schedule != "constant":
+            check_limits(batch_size=self.max_batch)
+            if self.max_batch <= self.batch_size:
+                raise ValueError(f"a growing batch needs 'Largest batch' above the batch size "
+                                 f"{self.batch_size}, got {self.max_batch}")
+            growth = {"batch_schedule": self.batch_schedule, "max_batch_size": self.max_batch,
+                      "growth_every": self.growth_every}
         options = {"virtual_batch_size": self.virtual_batch} if self.norm == "ghost_batch" else {}
         if self.model == "transformer":
             if self.ws:
@@ -124,7 +141,7 @@ class Lane(param.Parameterized):
                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                          eval_every=0)
+                          eval_every=0, **growth)
         return check_model_size(cfg)
 
 
@@ -321,9 +338,11 @@ class Arena(SessionApp):
             if slow and self._last[i] is not None and self.jobs[i] is not None:
                 step, metrics = self._last[i]
                 self.progress[i].value = min(step + 1, self.progress[i].max)
+                grows = self.jobs[i].cfg.batch_schedule != "constant"
+                size = f", batch {metrics['batch_size']}" if grows else ""
                 self.lane_status[i].object = (f"**{self._names[i]}**: step "
                                               f"{step + 1}/{self.progress[i].max}, "
-                                              f"loss {metrics['loss']:.4g}")
+                                              f"loss {metrics['loss']:.4g}{size}")
             for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
                 curve = self._curves[i].get(metric)
                 if curve is not None and i < len(fig.data) and fig.data[i].name != "diverged":
@@ -380,6 +399,7 @@ class Arena(SessionApp):
         for i, lane in enumerate(self.lanes):
             form = pn.Param(lane, show_name=False, sizing_mode="stretch_width", widgets={
                 "batch_size": pn.widgets.IntInput, "micro_batch": pn.widgets.IntInput,
+                "max_batch": pn.widgets.IntInput, "growth_every": pn.widgets.IntInput,
                 "virtual_batch": pn.widgets.IntInput, "warmup_steps": pn.widgets.IntInput,
                 "seed": pn.widgets.IntInput, "lr": pn.widgets.FloatInput})
             cards.append(pn.Card(self.lane_status[i], self.progress[i], form,
