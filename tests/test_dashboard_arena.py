@@ -269,6 +269,12 @@ def test_depth_variance_is_measured_on_residual_lanes_and_skipped_with_a_note_el
     assert app.status.object.startswith("done") and "lane(s) 1: a plain MLP" in app.status.object
     assert len(app.probe_fig.data[0].x or ()) == 0  # lane 1: nothing measured
     assert list(app.probe_fig.data[1].x) == [0, 5, 9]  # lane 2, the transformer: measured
+    app.lanes[0].residual = True  # a residual MLP has blocks to measure
+    assert app.lanes[0].describe() == "mlp-res batch B=32 sgd 0.05"
+    assert app.start()
+    assert "not measured" not in app.status.object
+    _run_to_end(app)
+    assert list(app.probe_fig.data[0].x) == [0, 5, 9] and all(v > 0 for v in app.probe_fig.data[0].y)
 
 
 def test_a_lane_grows_its_batch(app, tmp_path):

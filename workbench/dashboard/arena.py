@@ -71,6 +71,9 @@ class Lane(param.Parameterized):
     model = param.Selector(objects=list(MODELS), default="mlp")
     norm = param.Selector(objects=list(NORMS), default="batch")
     ws = param.Boolean(default=False, label="Weight standardization")
+    residual = param.Boolean(default=False, label="Residual MLP",
+                             doc="MLP blocks x + linear(act(norm(x))) (pre-norm), as the depth "
+                                 "probes need; the ConvNet and transformer are residual already")
     virtual_batch = param.Integer(default=8, label="Ghost BN virtual batch")
     placement = param.Selector(objects=list(PLACEMENTS), default="pre", label="LN placement")
     dataset = param.Selector(objects=datasets_for("mlp"), default="gaussian_mixture")
@@ -101,7 +104,8 @@ class Lane(param.Parameterized):
     def describe(self) -> str:
         if self.label:
             return self.label
-        bits = [self.model, self.norm + ("+WS" if self.ws else "")]
+        bits = [self.model + ("-res" if self.residual and self.model == "mlp" else ""),
+                self.norm + ("+WS" if self.ws else "")]
         if self.model == "transformer":
             bits.append(self.placement)
         mb = f"/{self.micro_batch}" if self.micro_batch else ""
@@ -136,7 +140,7 @@ class Lane(param.Parameterized):
                                          channels=width, stages=depth)
         else:
             model = MODELS["mlp"][0](norm=self.norm, norm_options=options, ws=self.ws,
-                                     width=width, depth=depth)
+                                     width=width, depth=depth, residual=self.residual)
         cfg = TrainConfig(model=model, data=data_config(self.dataset), steps=steps,
                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
@@ -245,7 +249,7 @@ class Arena(SessionApp):
         skipped = [i for i, cfg in configs if "depth_variance" in probes and not _residual(cfg)]
         self._note = (f" (depth variance is not measured on lane(s) "
                       f"{', '.join(str(i + 1) for i in skipped)}: a plain MLP has no residual "
-                      "blocks)") if skipped else ""
+                      "blocks; tick 'Residual MLP')") if skipped else ""
         for i, cfg in configs:
             self._curves[i] = {m: SmoothedCurve(self.smoothing) for m in ("loss", "accuracy")}
             self._last[i] = None
