@@ -204,8 +204,14 @@ def test_closing_the_tab_stops_its_training(browser, live_server):
     context.set_default_timeout(20_000)
     page = context.new_page()
     _open(page, f"{live_server}/arena")
-    # checkboxes: 4 probes, log y, then per lane "Train this lane" and WS: lane 2's is the 8th
-    page.get_by_role("checkbox").nth(7).uncheck()
+    import param
+
+    from workbench.dashboard.arena import Lane
+
+    # checkboxes: 4 probes and log y, then each lane's booleans, "Train this lane" first
+    per_lane = sum(isinstance(p, param.Boolean) for n, p in Lane.param.objects().items()
+                   if n != "name")
+    page.get_by_role("checkbox").nth(5 + per_lane).uncheck()  # lane 2 off
     for label, value in (("Steps", 2000), ("Width", 256), ("Depth", 8), ("Batch size", 1024)):
         _set(page, label, value)  # a run of a minute or more on this CPU
     before = _training_threads()
