@@ -42,8 +42,15 @@ def test_norm_options_and_ws(tmp_path, capsys):
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(argv + ["--store", str(tmp_path), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    _one_line_error(capsys, message)
+
+
+def _one_line_error(capsys, message):
+    """The captured output, after checking stderr is ``message`` on one line, no traceback."""
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+    return captured
 
 
 def test_module_entry_point(tmp_path):
@@ -59,6 +66,35 @@ def stored_run(tmp_path_factory):
                  "--n-train", "256", "--store", store, "--no-progress"]) == 0
     (run_id,) = RunStore(store).run_ids()
     return store, run_id
+
+
+def test_cli_bad_device_is_one_line(stored_run, tmp_path, capsys):
+    store, run_id = stored_run
+    assert main(["train", "--steps", "2", "--store", str(tmp_path), "--no-progress",
+                 "--device", "nonsense"]) == 2
+    _one_line_error(capsys, "unknown device 'nonsense'")
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--device", "nonsense"]) == 2
+    _one_line_error(capsys, "unknown device 'nonsense'")
+
+
+def test_cli_scalar_for_a_list_option_is_one_line(stored_run, capsys):
+    store, run_id = stored_run
+    assert main(["probe", run_id, "hessian_vs_batch_size", "--store", store, "--examples", "32",
+                 "--option", "batch_sizes=8"]) == 2
+    _one_line_error(capsys, "batch_sizes must be a list of mini-batch sizes (e.g. [8, 16])")
+
+
+def test_cli_out_is_checked_before_the_probe_runs(stored_run, tmp_path, capsys):
+    store, run_id = stored_run
+    missing = tmp_path / "no_such_dir" / "rows.parquet"
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(missing)]) == 2
+    captured = _one_line_error(capsys, "does not exist")
+    assert "rows" not in captured.out  # refused before the probe ran
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a folder")
+    out = tmp_path / "rows.parquet"
+    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(out)]) == 0
+    assert out.exists()
 
 
 def test_probe_a_stored_run(stored_run, tmp_path, capsys):

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from workbench.cli import main
 from workbench.models import MLPConfig, build_model, config_from_dict, model_config
 from workbench.probes import (
     depth_variance,
@@ -17,7 +16,6 @@ from workbench.probes import (
     hessian_vs_batch_size,
 )
 from workbench.probes.hvp import select_params
-from workbench.store import RunStore
 from workbench.sweeps import Sweep
 from workbench.train import TrainConfig
 from workbench.utils import resolve_device
@@ -76,51 +74,6 @@ def test_resolve_device_names_the_bad_value_and_the_choices():
         resolve_device("nonsense")
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def stored_run(tmp_path_factory):
-    store = str(tmp_path_factory.mktemp("runs"))
-    assert main(["train", "--width", "8", "--depth", "1", "--steps", "2", "--n-train", "64",
-                 "--batch-size", "8", "--store", store, "--no-progress"]) == 0
-    (run_id,) = RunStore(store).run_ids()
-    return store, run_id
-
-
-def _one_line_error(capsys, message):
-    captured = capsys.readouterr()
-    assert message in captured.err, captured.err
-    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
-    return captured
-
-
-def test_cli_bad_device_is_one_line(stored_run, tmp_path, capsys):
-    store, run_id = stored_run
-    assert main(["train", "--steps", "2", "--store", str(tmp_path), "--no-progress",
-                 "--device", "nonsense"]) == 2
-    _one_line_error(capsys, "unknown device 'nonsense'")
-    assert main(["probe", run_id, "layer_norms", "--store", store, "--device", "nonsense"]) == 2
-    _one_line_error(capsys, "unknown device 'nonsense'")
-
-
-def test_cli_scalar_for_a_list_option_is_one_line(stored_run, capsys):
-    store, run_id = stored_run
-    assert main(["probe", run_id, "hessian_vs_batch_size", "--store", store, "--examples", "32",
-                 "--option", "batch_sizes=8"]) == 2
-    _one_line_error(capsys, "batch_sizes must be a list of mini-batch sizes (e.g. [8, 16])")
-
-
-def test_cli_out_is_checked_before_the_probe_runs(stored_run, tmp_path, capsys):
-    store, run_id = stored_run
-    missing = tmp_path / "no_such_dir" / "rows.parquet"
-    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(missing)]) == 2
-    captured = _one_line_error(capsys, "does not exist")
-    assert "rows" not in captured.out  # refused before the probe ran
-    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(tmp_path)]) == 2
-    _one_line_error(capsys, "is a folder")
-    out = tmp_path / "rows.parquet"
-    assert main(["probe", run_id, "layer_norms", "--store", store, "--out", str(out)]) == 0
-    assert out.exists()
 
 
 # -- #7: model config dicts ------------------------------------------------------------------------
