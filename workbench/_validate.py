@@ -25,6 +25,13 @@ def check_positive(what: str, value, *, allow_zero: bool = False, integer: bool 
         raise ValueError(f"{what} must be a finite number, got {value!r}")
 
 
+def check_integer(what: str, value) -> None:
+    """Raise ``ValueError("<what> must be an integer, got x")`` unless ``value`` is an int (not a
+    bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+
+
 def check_divides(what: str, divisor: int, whole_what: str, whole: int) -> None:
     """Raise a ValueError unless ``divisor`` divides ``whole`` (e.g. groups into channels)."""
     if whole % divisor != 0:

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .._validate import check_choice
+from .._validate import check_choice, check_integer
 from ..models import MLP, ConvNet, Transformer
 from ..utils import preserved_state
 from ._directions import MODES, restore_buffers, snapshot_buffers
@@ -99,8 +99,7 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         Jacobian-vector product); the blocks' inputs and outputs held in memory once.
     """
     check_choice("mode", mode, MODES)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_integer("seed", seed)
     structure = _structure(model)
     blocks = model.named_blocks()
     x, y = batch

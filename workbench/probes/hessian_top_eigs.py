@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .._validate import check_positive
+from .._validate import check_integer, check_positive
 from ..utils import preserved_state
 from .hvp import TIDY, as_subsets, curvature_operator, random_vectors, unflatten
 from .lanczos import lanczos_eigs
@@ -47,8 +47,7 @@ def hessian_top_eigs(model, batch, loss_fn, *, k: int = 1, bottom_k: int = 0, mo
     check_positive("bottom_k", bottom_k, allow_zero=True, integer=True)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("tol", tol)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_integer("seed", seed)
     subsets = as_subsets(params)
     if return_vectors and len(subsets) > 1:
         raise ValueError("return_vectors=True takes one parameter subset, got a list of "

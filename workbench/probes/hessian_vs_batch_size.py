@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._validate import check_choice, check_positive
+from .._validate import check_choice, check_integer, check_positive
 from ..utils import preserved_state
 from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hessian_density import broadened_density
@@ -147,8 +147,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
     check_positive("density_steps", density_steps, allow_zero=True, integer=True)
     if density_steps:
         check_positive("density_points", density_points, integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_integer("seed", seed)
     x, y = _source(batch)
     n = x.shape[0]
     if n < 2 or (batch_sizes is None and n < 3):
