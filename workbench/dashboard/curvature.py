@@ -15,6 +15,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from ..probes.hessian_vs_batch_size import optimizer_lr_options
 from ..train.worker import hessian_vs_batch_size_after
 from ..viz.curvature import density_figure, lambda_max_figure, stable_lr_figure, trace_figure
 from ._lab import ProbeLab
@@ -27,13 +28,16 @@ _EMPTY = pd.DataFrame(columns=["metric", "batch_size", "value", "eigenvalue"])
 
 def stable_lr_options(cfg) -> dict:
     """``stable_lr_figure``'s options for a run: which rates, the title, and the run's own point
-    where the drawn threshold is its optimizer's (SGD with its momentum, Adam with its beta1; for
-    LARS/LAMB the curve is plain gradient descent's and the run is not placed on it)."""
-    if cfg.optimizer == "sgd":
-        kind = "Nesterov momentum" if cfg.nesterov else "momentum"
-        what = f"SGD, {kind} {cfg.momentum:g}" if cfg.momentum else "SGD without momentum"
-    elif cfg.optimizer in ("adam", "adamw"):
-        what = f"{'Adam' if cfg.optimizer == 'adam' else 'AdamW'}, β1 {cfg.betas[0]:g}"
+    where the drawn threshold is its optimizer's (what ``hessian_vs_batch_size_after`` measured,
+    :func:`~workbench.probes.hessian_vs_batch_size.optimizer_lr_options`: SGD with its momentum,
+    Adam with its beta1; for LARS/LAMB the curve is plain gradient descent's and the run is not
+    placed on it)."""
+    kw = optimizer_lr_options(cfg.to_dict())
+    if "momentum" in kw:
+        kind = "Nesterov momentum" if kw["nesterov"] else "momentum"
+        what = f"SGD, {kind} {kw['momentum']:g}" if kw["momentum"] else "SGD without momentum"
+    elif "adam_beta1" in kw:
+        what = f"{'Adam' if cfg.optimizer == 'adam' else 'AdamW'}, β1 {kw['adam_beta1']:g}"
     else:
         return {"what": f"plain gradient descent; {cfg.optimizer.upper()}'s trust ratios not modeled"}
     return {"optimizer": cfg.optimizer, "what": what, "run_lr": cfg.lr,

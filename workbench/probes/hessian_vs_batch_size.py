@@ -55,6 +55,18 @@ def stable_lr_factor(momentum: float = 0.0, *, nesterov: bool = False, ema: bool
     return 2 * (1 + momentum)
 
 
+def optimizer_lr_options(config) -> dict:
+    """The keywords of :func:`hessian_vs_batch_size` that make its largest stable learning rates
+    those of a run's optimizer (``config``: a ``TrainConfig.to_dict()``): SGD's momentum and
+    Nesterov flag; for Adam/AdamW the preconditioned Hessian with the run's beta1; none for
+    LARS/LAMB, whose trust ratios are not modeled (plain gradient descent's rates)."""
+    if config["optimizer"] == "sgd":
+        return {"momentum": config["momentum"], "nesterov": config["nesterov"]}
+    if config["optimizer"] in ("adam", "adamw"):
+        return {"adam": True, "adam_beta1": config["betas"][0]}
+    return {}
+
+
 class _Preconditioned:
     """``D H D`` with ``D = diag(d)``: a symmetric operator with the same products as ``op``."""
 

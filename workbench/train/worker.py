@@ -141,17 +141,12 @@ def warm_up() -> None:
 def hessian_vs_batch_size_after(run, cancel, *, batch_sizes, **kwargs):
     """``probes.hessian_vs_batch_size`` on the trained model and its training set (the sizes
     below the training set's size). The largest stable learning rates are for the run's own
-    optimizer: SGD's momentum and Nesterov flag; for Adam/AdamW (unless ``adam`` is given) the
-    Adam-preconditioned Hessian too, with the run's beta1."""
+    optimizer (:func:`~workbench.probes.hessian_vs_batch_size.optimizer_lr_options`; the
+    Adam-preconditioned Hessian only for Adam/AdamW); ``kwargs`` take precedence."""
     from ..probes import hessian_vs_batch_size
+    from ..probes.hessian_vs_batch_size import optimizer_lr_options
 
-    cfg = run.config
-    adam = kwargs.setdefault("adam", cfg["optimizer"] in ("adam", "adamw"))
-    if cfg["optimizer"] == "sgd":
-        kwargs.setdefault("momentum", cfg["momentum"])
-        kwargs.setdefault("nesterov", cfg["nesterov"])
-    elif adam and cfg["optimizer"] in ("adam", "adamw"):
-        kwargs.setdefault("adam_beta1", cfg["betas"][0])
+    kwargs = {"adam": False, **optimizer_lr_options(run.config), **kwargs}
     sizes = sorted(b for b in batch_sizes if b < run.dataset.n_train)
     return hessian_vs_batch_size(run.model, run.dataset, run.dataset.loss_fn, batch_sizes=sizes,
                                  **kwargs)
