@@ -118,7 +118,8 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         params: None (all trainable parameters) or one module / parameter name.
         small_batch: sub-batch size Bs of the two-batch estimator (default N // 4, at least 1,
             and at least 2 when the model has norms on batch statistics (BatchNorm, ghost,
-            Batch-Channel) in train mode; must be < N); the big batch is the whole batch.
+            Batch-Channel with ``stats="batch"``; :func:`~workbench.norms.batch_split_ok`) in
+            train mode; must be < N); the big batch is the whole batch.
         hessian: also compute ``b_noise`` (needs ``min(N, max_hessian_examples) + 1`` HVPs).
         max_hessian_examples: examples whose centred gradients enter ``tr(H Sigma)``.
         seed: picks those examples when N is larger (a local generator).

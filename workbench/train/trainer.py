@@ -205,9 +205,8 @@ def _flat_grad(params) -> torch.Tensor:
 def _noise_chunks(batch: int, model, device, chunks: int = 4) -> list[torch.Tensor]:
     """The norm test's disjoint chunks of a batch without micro-batches: ``k`` of ``m = B // k``
     examples each (the first ``k m`` of the batch), ``k`` from ``min(chunks, B)`` down to 2
-    until ``m`` suits the model; none when no ``k`` does. With a norm on batch statistics
-    (BatchNorm, ghost, Batch-Channel) a chunk needs two examples (one value per channel fails in
-    train mode), and with ghost batch norm its last virtual batch too (``m % v != 1``)."""
+    until ``m`` suits the model (:func:`~workbench.norms.batch_split_ok`); none when no ``k``
+    does."""
     for k in range(min(chunks, batch), 1, -1):
         if batch_split_ok(model, batch // k):
             return list(torch.arange(k * (batch // k), device=device).view(k, batch // k))
