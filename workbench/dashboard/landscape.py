@@ -49,7 +49,6 @@ class LandscapeLab(ProbeLab):
     def __init__(self, store_root: str | Path | None = "data/runs", **params):
         super().__init__(store_root, **params)
         self.result: pd.DataFrame | None = None
-        self._toward: str | None = None  # the stored run the measured line goes to
         kw = {"height": 380, "sizing_mode": "stretch_width", "config": {"displaylogo": False}}
         self.line_plot = plotly_pane(line_figure(_EMPTY), **kw)
         self.contour_plot = plotly_pane(contour_figure(_EMPTY), **kw)
@@ -111,7 +110,6 @@ class LandscapeLab(ProbeLab):
         kw = {}
         if self.direction == "stored run":
             kw = {"other_run": self.other_run, "store_root": str(self.store.root)}
-        self._toward = kw.get("other_run")  # what this run measures, whatever is picked later
         return functools.partial(landscape_after, examples=self.examples, dims=self.dims,
                                  steps=self.grid, span=float(self.span),
                                  direction="checkpoint" if kw else self.direction,
@@ -119,14 +117,15 @@ class LandscapeLab(ProbeLab):
 
     def draw_results(self) -> None:
         self.list_stored_runs()  # the run just trained is a choice for the next one
-        frames = [j.extra for j in self.jobs if j.done and j.extra is not None]
-        if not frames:
+        done = [j for j in self.jobs if j.done and j.extra is not None]
+        if not done:
             return
-        self.result = frames[0]
+        self.result = done[0].extra
         line = line_figure(self.result)
-        if self._toward is not None:  # before the pane gets it: it sends what it is given
-            line.update_layout(title=f"1-D slice: trained weights (0) to stored run "
-                                     f"{self._toward} (1)")
+        # the stored run this job measured toward (its own ``after``), whatever is picked now
+        toward = done[0].after.keywords.get("other_run")
+        if toward is not None:  # before the pane gets it: it sends what it is given
+            line.update_layout(title=f"1-D slice: trained weights (0) to stored run {toward} (1)")
         self.line_plot.object = line
         if self.result["beta"].notna().any():
             self.contour_plot.object = contour_figure(self.result)
