@@ -32,8 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import param
 import requests
 import torch
+
+from workbench.dashboard.arena import Lane
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ("import time, torch; torch.set_num_threads(1); "
@@ -93,8 +96,10 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool) -> tuple
     page = browser.new_page(viewport={"width": 1300, "height": 820})
     page.goto(f"{url}/arena")
     page.get_by_role("button", name="Train", exact=True).wait_for()
-    # checkboxes: 4 probes, log y, then per lane "Train this lane", WS: lane 2 is the 8th
-    page.get_by_role("checkbox").nth(7).uncheck()  # one lane
+    # checkboxes: 4 probes and log y, then each lane's booleans, "Train this lane" first
+    per_lane = sum(isinstance(p, param.Boolean) for n, p in Lane.param.objects().items()
+                   if n != "name")
+    page.get_by_role("checkbox").nth(5 + per_lane).uncheck()  # lane 2 off: one lane
     for label, value in (("Steps", steps), ("Width", WIDTH), ("Depth", DEPTH)):
         box = page.get_by_role("textbox", name=label, exact=True)
         box.fill(str(value))
@@ -179,7 +184,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from playwright.sync_api import sync_playwright
 
-    from workbench.dashboard.arena import Lane
     from workbench.store import RunStore
     from workbench.train import train
 
