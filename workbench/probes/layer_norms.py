@@ -62,8 +62,14 @@ def norm_rows(weights, grads) -> list[tuple[str, str, float]]:
         norms = torch.stack(torch._foreach_norm([w for _, w in weights] + used)).tolist()
     wn, used_n = norms[:len(weights)], iter(norms[len(weights):])
     gn = [0.0 if g is None else next(used_n) for g in grads]
+    return rows_from_norms([name for name, _ in weights], wn, gn)
+
+
+def rows_from_norms(names, weight_norms, grad_norms) -> list[tuple[str, str, float]]:
+    """The probe's rows from each layer's weight and gradient norm (taken elsewhere: the
+    smoothness probe run together with this one has them already)."""
     rows = []
-    for (name, _), w, g in zip(weights, wn, gn):
+    for name, w, g in zip(names, weight_norms, grad_norms):
         rows += [(name, "weight_norm", w), (name, "grad_norm", g),
                  (name, "grad_to_weight", g / w if w > 0 else float("inf")),
                  (name, "inv_weight_norm_sq", 1.0 / w**2 if w > 0 else float("inf"))]

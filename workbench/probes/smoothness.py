@@ -137,10 +137,11 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
     forward) and puts them back (the buffers stay as the last forward left them). Returns the
     ``(layer, metric, value)`` rows and the per-step-size ``(layer, metric, value, eta)`` rows.
 
-    Every norm is taken per tensor (``torch._foreach_norm``, one op per list) and combined in
-    Python: the probe runs inside training steps (the ``standard`` preset), where on a small
-    model each tensor op costs more in dispatch than in arithmetic. With the trainer's flat
-    buffers the weights move with one op per step size.
+    Few tensor ops: the probe runs inside training steps (the ``standard`` preset), where on a
+    small model each op costs more in dispatch than in arithmetic. Every norm is taken by one
+    ``torch._foreach_norm`` (whole-model norms over the concatenated gradients, per-layer ones
+    over the layers' pieces, not per parameter); with the trainer's flat buffers the weights
+    move with one op per step size.
     """
     x, y = batch
     where = {id(p): i for i, p in enumerate(params)}
@@ -170,29 +171,37 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
                 w_flat.copy_(w0)
             else:
                 torch._foreach_copy_(params, w0)
-    with torch.no_grad():  # every norm in one op: g0, w0 and each step size's gradient change
-        norms = torch._foreach_norm([*g0, *(w0 if not flat else params),
-                                     *torch._foreach_sub(moved, g0 * len(etas))])
+    e = len(etas)
+    with torch.no_grad():
+        # every step size's gradient change as one (E, P) matrix (the gradients in parameter
+        # order, the order of the flat buffers too), then every norm in one op: the whole
+        # gradient, and per step size the whole change; per weight layer its gradient, weight
+        # and changes (pieces of the rows). Per tensor this would be a norm per parameter and
+        # step size, each a dispatched op on CPU.
+        g_vec = g_flat if flat else torch.cat([g.reshape(-1) for g in g0])
+        change = torch.cat([m.reshape(-1) for m in moved]).view(e, -1).sub_(g_vec)
+        starts = [0]
+        for p in params:
+            starts.append(starts[-1] + p.numel())
+        spans = [(starts[i], starts[i + 1]) for i in at]
+        norms = torch._foreach_norm([g_vec, *change, *(g0[i] for i in at),
+                                     *(w.detach() for _, w in layers),
+                                     *(row[a:b] for row in change for a, b in spans)])
     vals = torch.stack([*losses, *norms]).tolist()  # one device sync
-    e, n = len(etas), len(params)
-    loss_vals, per_tensor = vals[:e + 1], vals[e + 1:]
-    g_n, w_n = per_tensor[:n], per_tensor[n:2 * n]
-    d_n = [per_tensor[(2 + i) * n:(3 + i) * n] for i in range(e)]  # per step size
-
-    def whole(sq):
-        return math.sqrt(sum(v * v for v in sq))
-
-    g_norm = whole(g_n)
+    k = len(layers)
+    loss_vals, g_norm, changes = vals[:e + 1], vals[e + 1], vals[e + 2:2 * e + 2]
+    g_n, w_n = vals[2 * e + 2:2 * e + 2 + k], vals[2 * e + 2 + k:2 * e + 2 + 2 * k]
+    at_layer = 2 * e + 2 + 2 * k
+    d_n = [vals[at_layer + j * k:at_layer + (j + 1) * k] for j in range(e)]  # per step size
     steps = [eta * g_norm for eta in etas]  # ||eta g||
-    changes = [whole(d) for d in d_n]
     beta = [_ratio(c, s) for c, s in zip(changes, steps)]
     rows = [("", "loss", loss_vals[0]), ("", "grad_norm", g_norm),
             ("", "loss_variation", _max(loss_vals) - _min(loss_vals)),
             ("", "grad_predictiveness", _max(changes)), ("", "beta_smoothness", _max(beta))]
-    for (name, _), i in zip(layers, at):
-        wn = w_n[i]
-        lc = [d[i] for d in d_n]
-        rows += [(name, "grad_norm", g_n[i]), (name, "weight_norm", wn),
+    for j, (name, _) in enumerate(layers):
+        wn = w_n[j]
+        lc = [d[j] for d in d_n]
+        rows += [(name, "grad_norm", g_n[j]), (name, "weight_norm", wn),
                  (name, "lr_effective", lr / wn**2 if wn > 0 else math.inf),
                  (name, "grad_predictiveness", _max(lc)),
                  (name, "beta_smoothness", _max([_ratio(c, s) for c, s in zip(lc, steps)]))]

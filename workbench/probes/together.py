@@ -6,7 +6,8 @@ the same thing: a forward pass on the batch at the current weights, and (but cha
 gradient there. Run one after the other they pay for that pass, for saving and restoring the
 model, and for building a frame three times. :func:`run_together` does the forward once (the
 activation hooks of channel health on it), the backward once (layer norms read their gradients
-from it, smoothness starts from it), saves the model once and returns one frame. The rows are
+from it, smoothness starts from it; with smoothness, layer norms take the per-layer weight and
+gradient norms it has taken anyway), saves the model once and returns one frame. The rows are
 the ones the probes return on their own, under their own names (the test suite checks that).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .channel_health import (
     health_thresholds,
     norm_gains,
 )
-from .layer_norms import norm_rows, weight_layers
+from .layer_norms import norm_rows, rows_from_norms, weight_layers
 from .smoothness import eta_grid, smoothness_rows, smoothness_targets
 
 FUSABLE = ("layer_norms", "channel_health", "smoothness_small", "smoothness")
@@ -153,7 +154,7 @@ class Together:
             parts["channel_health"] = ("channel_health",
                                        health_rows(model, capture.acts, capture.seen,
                                                    self.thresholds, gains=capture.gains)[0], 1)
-        if self.layer_norms:
+        if self.layer_norms and not self.smooth:
             by_id = dict(zip(map(id, capture.params), grads))
             parts["layer_norms"] = ("layer_norms", norm_rows(
                 capture.weights, [by_id[id(w)] for _, w in capture.weights]), 1)
@@ -167,6 +168,12 @@ class Together:
                 if restore:
                     restore_buffers(entry_buffers)
             parts[self.smooth] = ("smoothness", rows, len(etas) + 1)
+            if self.layer_norms:  # the same layers: smoothness has their norms already
+                norms = {(layer, metric): v for layer, metric, v in rows if layer}
+                names = [name for name, _ in capture.weights]
+                parts["layer_norms"] = ("layer_norms", rows_from_norms(
+                    names, [norms[n, "weight_norm"] for n in names],
+                    [norms[n, "grad_norm"] for n in names]), 1)
         return [parts[n] for n in self.names if n in parts]
 
 
