@@ -60,10 +60,11 @@ BUDGETS = {"landscape": {"steps": 5}, "hessian_density": {"num_runs": 2, "steps"
 
 
 def _snapshot(model):
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return ({k: v.clone() for k, v in model.state_dict().items()},
             [None if p.grad is None else p.grad.clone() for p in model.parameters()],
             [m.training for m in model.modules()],
-            (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()))
+            (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(), cuda))
 
 
 def _assert_unchanged(model, snap):
@@ -75,6 +76,8 @@ def _assert_unchanged(model, snap):
     assert [m.training for m in model.modules()] == flags
     assert torch.equal(torch.get_rng_state(), rng[0])
     assert (np.random.get_state()[1] == rng[1]).all() and random.getstate() == rng[2]
+    if rng[3]:
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), rng[3]))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -118,3 +121,57 @@ def test_the_landscape_depth_and_channel_probes_run_as_training_hooks():
     steps = run.frame.groupby("probe").step.unique()
     for name in ["channel_health", "smoothness", "depth_variance", "landscape"]:
         assert sorted(steps[name]) == [0, 2], name
+
+
+# Probes that draw no random numbers: on another device they must give the CPU's numbers (up to
+# float32 reduction order). The others (Lanczos/Hutchinson starts, sub-batch sampling) draw from
+# the device's generator, so only their rows' shape is compared.
+DETERMINISTIC = {"layer_norms", "channel_health", "smoothness_small", "smoothness", "landscape",
+                 "depth_variance"}
+DEVICE_CASES = ["mlp-batch", "resmlp-layer", "convnet-ws-batch_channel", "transformer-mix-layer"]
+
+
+def _probe_on(device: str, probe_name: str, case: str):
+    """The probe's rows on ``case``'s model and batch moved to ``device`` (None where the probe
+    does not support the model), after checking that it left the model as it found it."""
+    cfg, make_batch = CASES[case]
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    x, y = (t.to(device) for t in make_batch())
+    cross_entropy_loss(model(x), y).backward()
+    snap = _snapshot(model)
+    fn = PROBES[probe_name]
+    if (probe_name, case) in UNSUPPORTED:
+        with pytest.raises(ValueError, match=UNSUPPORTED[(probe_name, case)]):
+            fn(model, (x, y), cross_entropy_loss, **BUDGETS.get(probe_name, {}))
+        frame = None
+    else:
+        frame = fn(model, (x, y), cross_entropy_loss, **BUDGETS.get(probe_name, {}))
+    _assert_unchanged(model, snap)
+    assert all(p.device.type == torch.device(device).type for p in model.parameters())
+    return frame
+
+
+def _assert_same_rows(on_device, on_cpu, deterministic: bool):
+    """The same rows (every key column; for a probe that draws random numbers the ones that do
+    not depend on them: a density's eigenvalue grid does) and, when ``deterministic``, values."""
+    assert list(on_device.columns) == list(on_cpu.columns)
+    keys = [c for c in on_cpu.columns if c not in ("value", "hvps", "iters", "converged")
+            and (deterministic or on_cpu[c].dtype.kind != "f")]
+    assert on_device[keys].equals(on_cpu[keys])
+    if deterministic:
+        values = on_device["value"].to_numpy(float)
+        np.testing.assert_allclose(values, on_cpu["value"].to_numpy(float), rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+@pytest.mark.parametrize("case", DEVICE_CASES)
+@pytest.mark.parametrize("probe_name", list(PROBES))
+def test_probes_run_on_cuda_like_on_the_cpu(probe_name, case, monkeypatch):
+    """A model on the GPU: every probe runs there, leaves the model (and the CUDA generators) as
+    it found it, returns the CPU's rows, and where it draws no random numbers the CPU's values."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 convolutions
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    on_cuda, on_cpu = _probe_on("cuda", probe_name, case), _probe_on("cpu", probe_name, case)
+    if on_cpu is not None:
+        _assert_same_rows(on_cuda, on_cpu, probe_name in DETERMINISTIC)

@@ -125,13 +125,15 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         per_block = [[p for p in b.parameters() if p.requires_grad] for _, b in blocks]
         flat = [p for ps in per_block for p in ps]
         grads = torch.autograd.grad(loss, flat, allow_unused=True) if flat else []
-        gen = torch.Generator(device=seen[0][0].device).manual_seed(seed)
+        # drawn on the CPU and moved: the same seed gives the same directions (and numbers) on
+        # every device, as the landscape probe's directions
+        gen = torch.Generator().manual_seed(seed)
         stats, g_iter = [], iter(grads)
         with torch.no_grad():
             for i, (_, block) in enumerate(blocks):
                 inp, out = seen[i]
                 # how far the block's Jacobian is from its shortcut's, along a random direction
-                v = torch.randn(inp.shape, generator=gen, device=inp.device, dtype=inp.dtype)
+                v = torch.randn(inp.shape, generator=gen, dtype=inp.dtype).to(inp.device)
                 restore_buffers(buffers)
                 _, jv = _jvp(block, inp, v)
                 if structure == "branch":  # the block is the branch F: J_F v against v
