@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = ("import time, torch; torch.set_num_threads(1); "
           "from workbench.dashboard.server import serve_apps; "
           "s = serve_apps({port}, store_root={root!r}); time.sleep(1e6)")
+SESSION_CLEANUP_S = 9.0  # a closed tab's session end (~2 s) + Panel's gc debounce (5 s) + margin
 WIDTH, DEPTH = 256, 4  # a step of a few ms: long enough a run to watch, small enough for a CPU
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -121,6 +122,10 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool) -> tuple
     rate = changes / max(t_last - t0, 1e-9)  # changes per second while points were arriving
     page.get_by_text("done: every lane has ended").wait_for(timeout=120_000)
     page.close()
+    # The server destroys the closed tab's session within ~2 s (server.py) and Panel runs a full
+    # gc.collect() 5 s (panel.io.document.GC_DEBOUNCE) after that: ~0.4 s of a core. Let it pass
+    # here, or it lands in the next round's training and is counted against the next tab.
+    time.sleep(SESSION_CLEANUP_S)
     (run_id,) = set(store.run_ids()) - before
     run = store.get(run_id)
     return rate, run.steps_done / run.frame.query("metric == 'wall_time'")["value"].max()
