@@ -119,6 +119,26 @@ def test_step_growth_with_cap():
     assert all(a <= b for a, b in itertools.pairwise(sizes))
 
 
+def test_virtual_batch_keeps_grown_sizes_off_a_last_virtual_batch_of_one():
+    """Ghost BN on an MLP cannot normalize a virtual batch of one example: a grown size n with
+    n % v == 1 moves up by one, or down by one at the cap; the sizes never shrink."""
+    step = make_batch_schedule("step", batch_size=2, max_batch_size=8, growth_every=5,
+                               virtual_batch=3)
+    assert [step.batch_size(s) for s in range(0, 20, 5)] == [2, 5, 8, 8]  # 4 = 3 + 1 -> 5
+    capped = make_batch_schedule("step", batch_size=6, max_batch_size=25, growth_every=1,
+                                 virtual_batch=4)
+    assert [capped.batch_size(s) for s in range(4)] == [6, 12, 24, 24]  # cap 25 = 6 * 4 + 1
+    sched = norm_sched(virtual_batch=4)
+    sched.observe(0, micro_grads=pair(1.1))  # asks 141 = 35 * 4 + 1 -> 142
+    assert sched.batch_size(1) == 142 and sched.last_test["requested_batch_size"] == 141
+    sched.observe(5, micro_grads=pair(100.0))  # asks far above the cap of 1024: capped
+    assert sched.batch_size(6) == 1024
+    with pytest.raises(ValueError, match="batch_size=5 leaves one example in the last virtual batch"):
+        make_batch_schedule("step", batch_size=5, virtual_batch=4)
+    with pytest.raises(ValueError, match="virtual_batch applies to batches that go through"):
+        make_batch_schedule("step", batch_size=8, multiple_of=4, virtual_batch=4)
+
+
 def test_estimator_exact_on_symmetric_pair():
     """g_1 = mu + d, g_2 = mu - d: g_bar = mu and sum ||g_i - g_bar||^2 = 2 ||d||^2."""
     mu, d = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 2.0])

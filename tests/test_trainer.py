@@ -217,6 +217,19 @@ def test_batch_growth_and_lr_scaling():
     assert run.metric("examples").iloc[-1] == 10 * 16 + 10 * 32 + 10 * 64
 
 
+def test_ghost_batch_growth_skips_a_last_virtual_batch_of_one():
+    """Ghost BN (virtual batches of 3) on an MLP growing 2 -> 4 -> 8: 4 would leave one example
+    in its last virtual batch (it used to fail at that step), so the run trains at 5."""
+    cfg = TrainConfig.smoke().replace(
+        model=MLPConfig(depth=2, width=16, norm="ghost_batch", norm_options={"virtual_batch_size": 3}),
+        batch_size=2, max_batch_size=8, batch_schedule="step", growth_every=5)
+    run = train(cfg)
+    assert run.status == "finished", run.error
+    assert list(run.metric("batch_size")) == [2] * 5 + [5] * 5 + [8] * (cfg.steps - 10)
+    assert cfg.schedule_virtual_batch() == 3
+    assert cfg.replace(batch_size=4, micro_batch=2).schedule_virtual_batch() is None  # passes of 2
+
+
 def test_norm_test_grows_batch_when_noise_dominates():
     cfg = TrainConfig(model=MLPConfig(depth=1, width=16), data=SMALL, steps=40, batch_size=8,
                       batch_schedule="norm_test", norm_test_theta=0.1, norm_test_every=5,

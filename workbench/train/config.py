@@ -56,7 +56,10 @@ class TrainConfig:
     (``step``: by ``growth_factor`` every ``growth_every`` steps; ``norm_test``: when the gradient
     noise dominates, tested every ``norm_test_every`` steps with threshold ``norm_test_theta``),
     never beyond ``max_batch_size``. Ghost batch normalization is a norm:
-    ``MLPConfig(norm="ghost_batch", norm_options={"virtual_batch_size": 8})``.
+    ``MLPConfig(norm="ghost_batch", norm_options={"virtual_batch_size": 8})``; on an MLP without
+    micro-batches a grown batch that would leave one example in its last virtual batch
+    (``n % 8 == 1``) is made one larger (one smaller at the cap): see
+    :meth:`schedule_virtual_batch`.
     """
 
     model: ModelConfig = field(default_factory=MLPConfig)
@@ -166,12 +169,25 @@ class TrainConfig:
                 f"pass, and {what}={n} leaves one value per feature: use at least 2, or a norm "
                 "without batch statistics (layer, group, rms, none, batch_channel with its "
                 "default estimated statistics)")
-        v = self.model.norm_options.get("virtual_batch_size", 8) if norm == "ghost_batch" else 0
+        v = self._ghost_virtual_batch()
         if v and n > v and n % v == 1:
             raise ValueError(
                 f"norm='ghost_batch' with virtual_batch_size={v} splits {what}={n} into virtual "
                 f"batches whose last has one example (one value per feature on an MLP): use a "
                 f"{what.replace('_', ' ')} that is not 1 more than a multiple of {v}, e.g. {n - 1}")
+
+    def _ghost_virtual_batch(self) -> int | None:
+        """Ghost BatchNorm's virtual batch size on an MLP (where a virtual batch of one example
+        cannot be normalized), else None."""
+        if self.model.kind != "mlp" or _batch_stats(self.model) != "ghost_batch":
+            return None
+        return self.model.norm_options.get("virtual_batch_size", 8)
+
+    def schedule_virtual_batch(self) -> int | None:
+        """What the batch-size schedule must keep a last virtual batch of one away from: ghost
+        BatchNorm's virtual batch size on an MLP trained without micro-batches (the whole batch
+        in one pass, so a grown batch is the pass), else None."""
+        return self._ghost_virtual_batch() if self.micro_batch is None else None
 
     # -- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -121,19 +121,28 @@ class BatchSizeSchedule:
 
     def __init__(self, kind: str, *, batch_size: int, max_batch_size: int | None,
                  growth_factor: float, growth_every: int, theta: float, check_every: int,
-                 multiple_of: int):
+                 multiple_of: int, virtual_batch: int | None = None):
         self.kind, self.base_batch_size, self.max_batch_size = kind, batch_size, max_batch_size
         self.growth_factor, self.growth_every = growth_factor, growth_every
         self.theta, self.check_every, self.multiple_of = theta, check_every, multiple_of
+        self.virtual_batch = virtual_batch
         self.current = batch_size  # norm_test's batch size so far
         self.last_test: dict | None = None
 
     def _fit(self, size: float) -> int:
         """Round up to a multiple of ``multiple_of``, then cap at the largest multiple that is
-        ``<= max_batch_size`` (so every size stays a multiple; ``batch_size`` is one)."""
+        ``<= max_batch_size`` (so every size stays a multiple; ``batch_size`` is one). With
+        ``virtual_batch`` v, a size whose last virtual batch would hold one example (``n > v``,
+        ``n % v == 1``) becomes one more (one less at the cap): ghost BatchNorm on (N, C)
+        features cannot normalize a virtual batch of one."""
         q = self.multiple_of
         size = math.ceil(size / q) * q
-        return size if self.max_batch_size is None else min(size, self.max_batch_size // q * q)
+        cap = None if self.max_batch_size is None else self.max_batch_size // q * q
+        size = size if cap is None else min(size, cap)
+        v = self.virtual_batch
+        if v and size > v and size % v == 1:  # q == 1 here (see make_batch_schedule)
+            size += 1 if cap is None or size < cap else -1
+        return size
 
     def batch_size(self, step: int) -> int:
         """Batch size to use at 0-based ``step``."""
@@ -198,7 +207,8 @@ class BatchSizeSchedule:
 
 def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | None = None,
                         growth_factor: float = 2, growth_every: int = 100, theta: float = 0.5,
-                        check_every: int = 10, multiple_of: int = 1) -> BatchSizeSchedule:
+                        check_every: int = 10, multiple_of: int = 1,
+                        virtual_batch: int | None = None) -> BatchSizeSchedule:
     """Build a :class:`BatchSizeSchedule` of kind ``constant``, ``step`` or ``norm_test``.
 
     Args:
@@ -212,6 +222,10 @@ def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | Non
         check_every: ``norm_test``: steps between tests.
         multiple_of: grown batch sizes are rounded up to a multiple of this (e.g. the number
             of micro-batches ``k``, so that ``B = k m``).
+        virtual_batch: ghost BatchNorm's virtual batch size when the whole batch goes through
+            the model in one pass (no micro-batches: ``multiple_of`` 1) and a virtual batch of
+            one example cannot be normalized (an MLP): grown sizes that would leave one example
+            in the last virtual batch (``n % virtual_batch == 1``) are moved by one.
     """
     check_choice("batch schedule", kind, BATCH_SCHEDULES)
     _check_int("batch_size", batch_size)
@@ -227,6 +241,15 @@ def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | Non
     _check_int("growth_every", growth_every)
     check_positive("theta", theta)
     _check_int("check_every", check_every)
+    if virtual_batch is not None:
+        _check_int("virtual_batch", virtual_batch)
+        if multiple_of != 1:
+            raise ValueError(f"virtual_batch applies to batches that go through the model in one "
+                             f"pass (multiple_of=1), got multiple_of={multiple_of}")
+        if batch_size > virtual_batch and batch_size % virtual_batch == 1:
+            raise ValueError(f"batch_size={batch_size} leaves one example in the last virtual batch "
+                             f"of {virtual_batch}: use e.g. {batch_size - 1}")
     return BatchSizeSchedule(kind, batch_size=batch_size, max_batch_size=max_batch_size,
                              growth_factor=growth_factor, growth_every=growth_every, theta=theta,
-                             check_every=check_every, multiple_of=multiple_of)
+                             check_every=check_every, multiple_of=multiple_of,
+                             virtual_batch=virtual_batch)

@@ -300,7 +300,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                                       max_batch_size=cfg.max_batch_size,
                                       growth_factor=cfg.growth_factor, growth_every=cfg.growth_every,
                                       theta=cfg.norm_test_theta, check_every=cfg.norm_test_every,
-                                      multiple_of=cfg.micro_batch or 1)
+                                      multiple_of=cfg.micro_batch or 1,
+                                      virtual_batch=cfg.schedule_virtual_batch())
         loss_fn = dataset.loss_fn
         zeros = torch.zeros_like  # a parameter unused this step has no .grad: its norm is 0
         if progress:
