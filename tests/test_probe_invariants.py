@@ -123,9 +123,9 @@ def test_the_landscape_depth_and_channel_probes_run_as_training_hooks():
         assert sorted(steps[name]) == [0, 2], name
 
 
-# Probes that draw no random numbers: on another device they must give the CPU's numbers (up to
-# float32 reduction order). The others (Lanczos/Hutchinson starts, sub-batch sampling) draw from
-# the device's generator, so only their rows' shape is compared.
+# Probes that draw no random numbers on the device: on it they must give the CPU's numbers (up to
+# float32 reduction order). The others start Lanczos/Hutchinson from the device's generator, so
+# only the keys of their rows that do not depend on the draws are compared.
 DETERMINISTIC = {"layer_norms", "channel_health", "smoothness_small", "smoothness", "landscape",
                  "depth_variance"}
 DEVICE_CASES = ["mlp-batch", "resmlp-layer", "convnet-ws-batch_channel", "transformer-mix-layer"]

@@ -61,6 +61,19 @@ def test_constructed_dead_constant_and_duplicate_channels_are_diagnosed_exactly(
     assert nxt.duplicate_pairs == 0 and nxt.constant_fraction == 0
 
 
+def test_a_nan_channel_hides_no_duplicates():
+    """A channel whose pre-activations are NaN correlates as NaN with every other: it is nobody's
+    duplicate, and the real pair (2, 3) is still found."""
+    model = _sick_mlp()
+    with torch.no_grad():
+        model.blocks[0][0].weight[6, 0] = math.nan
+    frame = channel_health(model, (_x(), None), per_channel=True)
+    layer = frame[(frame.channel >= 0) & (frame.layer == "blocks.0.2")].pivot(
+        index="channel", columns="metric", values="value")
+    assert layer.duplicate[layer.duplicate == 1].index.tolist() == [2, 3]
+    assert math.isnan(layer.loc[6, "pre_mean"]) and layer.loc[6, "dead"] == 0
+
+
 def test_zero_gains_of_norm_layers_are_counted():
     torch.manual_seed(0)
     model = build_model(MLPConfig(depth=2, width=8, norm="batch", in_dim=5, out_dim=3))

@@ -58,6 +58,32 @@ def test_together_equals_each_probe_alone_and_leaves_the_model(model_cfg, data):
         run_together(model, batch, loss_fn, names=["channel_health", "smoothness"], mode="eval"))
 
 
+class _TwoLayersOneName(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+    def named_layers(self):
+        return [("x", self.a), ("x", self.b)]
+
+
+def test_layer_norms_with_smoothness_keep_each_layer_whatever_its_name():
+    """With smoothness, layer_norms take its per-layer norms, layer by layer: a weight on the
+    root module (layer "") and two layers of one name keep rows of their own."""
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
+    loss_fn = torch.nn.functional.cross_entropy
+    torch.manual_seed(0)
+    for model in (torch.nn.Linear(6, 3), _TwoLayersOneName()):
+        alone = layer_norms(model, batch, loss_fn)
+        both = run_together(model, batch, loss_fn, names=["layer_norms", "smoothness_small"])
+        pd.testing.assert_frame_equal(alone, both[both.probe == "layer_norms"])
+        assert alone.value.nunique() == len(alone)  # (the two "x" layers differ)
+
+
 def test_finish_inside_a_step_restores_weights_and_entry_buffers():
     model, batch, loss_fn = _setup(MLPConfig(depth=2, width=16, norm="batch_channel"), SMALL)
     probe = Together(["layer_norms", "channel_health", "smoothness_small"])

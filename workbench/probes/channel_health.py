@@ -73,7 +73,9 @@ def _channel_stats(pre, out, constant_threshold, elimination_threshold, duplicat
     # correlations of the non-constant channels; a near-constant channel's column is zeroed, so
     # it is nobody's duplicate (the threshold is > 0)
     z = c * root.reciprocal().masked_fill_(constant, 0.0)[:, None]
-    corr = (z.transpose(1, 2) @ z).triu_(diagonal=1)  # (L, C, C): each pair once, as (i < j)
+    # (L, C, C), each pair once (i < j); a NaN correlation (a channel with NaN/inf values) is no
+    # duplicate and must not hide the others from the maxima below
+    corr = (z.transpose(1, 2) @ z).nan_to_num_(nan=0.0).triu_(diagonal=1)
     # channel i has a duplicate when row i or column i holds a correlation above the threshold
     # (> 0, so the zeroed lower triangle never counts); float maxima, not boolean any(): the
     # reductions are several times cheaper

@@ -87,8 +87,8 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
         buffers = snapshot_buffers(model)
         loss0 = loss_fn(model(x), y)
         grads = torch.autograd.grad(loss0, params, allow_unused=True)
-        rows, per = smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads,
-                                    etas, lr)
+        rows, per, _ = smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0,
+                                       grads, etas, lr)
     if not per_eta:
         return tidy_frame("smoothness", rows, iters=len(etas) + 1)
     return tidy_frame("smoothness", [(*r, math.nan) for r in rows] + per, iters=len(etas) + 1,
@@ -135,7 +135,8 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
 
     Moves the weights to ``w - eta g`` for every step size (restoring ``buffers`` before each
     forward) and puts them back (the buffers stay as the last forward left them). Returns the
-    ``(layer, metric, value)`` rows and the per-step-size ``(layer, metric, value, eta)`` rows.
+    ``(layer, metric, value)`` rows, the per-step-size ``(layer, metric, value, eta)`` rows and
+    ``(weight norms, gradient norms)``, one of each per entry of ``layers`` (for layer_norms).
 
     Few tensor ops: the probe runs inside training steps (the ``standard`` preset), where on a
     small model each op costs more in dispatch than in arithmetic. Every norm is taken by one
@@ -208,7 +209,7 @@ def smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0, grads
     per = [("", metric, v, eta) for metric, series in
            (("loss_at_eta", loss_vals[1:]), ("grad_change_at_eta", changes), ("beta_at_eta", beta))
            for v, eta in zip(series, etas)]
-    return rows, per
+    return rows, per, (w_n, g_n)
 
 
 def smoothness_small(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: int = 2,

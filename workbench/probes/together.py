@@ -162,18 +162,16 @@ class Together:
             etas = eta_grid(lr, None, _SMOOTH_ETAS[self.smooth])
             entry_buffers = snapshot_buffers(model, into=capture.entry) if restore else None
             try:  # smoothness_rows puts the weights back itself
-                rows, _ = smoothness_rows(model, batch, loss_fn, capture.params, capture.layers,
-                                          capture.buffers, loss, grads, etas, lr)
+                rows, _, (w_n, g_n) = smoothness_rows(
+                    model, batch, loss_fn, capture.params, capture.layers, capture.buffers, loss,
+                    grads, etas, lr)
             finally:
                 if restore:
                     restore_buffers(entry_buffers)
             parts[self.smooth] = ("smoothness", rows, len(etas) + 1)
-            if self.layer_norms:  # the same layers: smoothness has their norms already
-                norms = {(layer, metric): v for layer, metric, v in rows if layer}
-                names = [name for name, _ in capture.weights]
+            if self.layer_norms:  # the same layers (capture.weights): their norms are taken
                 parts["layer_norms"] = ("layer_norms", rows_from_norms(
-                    names, [norms[n, "weight_norm"] for n in names],
-                    [norms[n, "grad_norm"] for n in names]), 1)
+                    [name for name, _ in capture.weights], w_n, g_n), 1)
         return [parts[n] for n in self.names if n in parts]
 
 

@@ -166,7 +166,8 @@ class BatchSizeSchedule:
 
         Grows the batch when ``sigma2 / B > theta**2 * ||g_bar||**2`` (see :func:`norm_test_stats`)
         to the size the test asks for, ``ceil(sigma2 / (theta**2 * ||g_bar||**2))``, rounded up to
-        a multiple of ``multiple_of`` and capped at ``max_batch_size``. If ``g_bar`` is 0 and no
+        a multiple of ``multiple_of`` and capped at ``max_batch_size`` (and kept off a last
+        virtual batch of one with ``virtual_batch``: see ``_fit``). If ``g_bar`` is 0 and no
         cap is set, the batch grows by ``growth_factor`` instead. ``micro_batch`` defaults to
         ``B / k``.
         """
