@@ -61,7 +61,23 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.save(_run(n=10))
     monkeypatch.undo()
-    # meta.json was removed first, so the half-updated run is not reported as complete
+    # failing while the new files are made (before any is renamed): the old run, untouched
+    assert len(store.get("abc123").frame) == 3
+    assert not [p for p in os.listdir(tmp_path / "abc123") if p.endswith(".tmp")]
+
+    real_replace = os.replace
+
+    def replace_until_rows(src, dst):
+        if str(dst).endswith("rows.parquet"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_until_rows)
+    with pytest.raises(OSError):
+        store.save(_run(n=10))
+    monkeypatch.undo()
+    # failing while renaming: meta.json was removed first, so the half-updated run (new config,
+    # old rows) is not reported as complete
     assert not store.has("abc123")
     assert not [p for p in os.listdir(tmp_path / "abc123") if p.endswith(".tmp")]
     store.save(_run(n=10))
@@ -69,9 +85,10 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_listing_is_safe_while_another_writer_overwrites_runs(tmp_path):
-    """``save`` removes meta.json first; a reader listing the store in between used to get a
-    KeyError for the run being rewritten (about 3% of listings under a busy writer), or left it
-    out."""
+    """``save`` removes meta.json before it renames the new files into place; a reader listing
+    the store in between used to get a KeyError for the run being rewritten (about 3% of
+    listings under a busy writer), or, on a loaded machine, left it out: the run was missing
+    while its files were serialized and fsynced, longer than the reader's retries."""
     import threading
 
     store = RunStore(tmp_path)

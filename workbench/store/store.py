@@ -18,19 +18,18 @@ _RUN_ID_CHARS = set("0123456789abcdef")
 WEIGHTS = "weights.pt"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then ``os.replace`` (atomic on POSIX)."""
+def _write_temp(path: Path, data: bytes) -> str:
+    """``data`` in a new temp file beside ``path`` (fsynced); its name, for ``os.replace``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
 
 
 class RunStore:
@@ -51,25 +50,41 @@ class RunStore:
         return self.root / run_id
 
     def save(self, run: Run) -> Path:
-        """Write (or overwrite) a run; returns its folder."""
+        """Write (or overwrite) a run; returns its folder.
+
+        Every file is first written (and fsynced) to a temp file beside it. Then ``meta.json``
+        is removed, the others are renamed into place and the new ``meta.json`` last: a
+        half-overwritten run never looks complete (a reader sees the old run, no run, or the
+        new one), and it is missing only for those few renames, not while the rows and weights
+        are serialized and written (a reader listing the store meanwhile waits for it:
+        :meth:`runs`)."""
         folder = self._dir(run.run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = folder / "meta.json"
-        if meta.exists():  # invalidate first so a half-overwritten run never looks complete
-            meta.unlink()
-        _atomic_write_bytes(folder / "config.json", json.dumps(run.config, indent=1, sort_keys=True).encode())
-        frame = run.frame.reset_index(drop=True)
-        _atomic_write_bytes(folder / "rows.parquet", frame.to_parquet(index=False))
-        weights, state = folder / WEIGHTS, run.state_dict()
+        meta, weights = folder / "meta.json", folder / WEIGHTS
+        state = run.state_dict()
+        files = {folder / "config.json": json.dumps(run.config, indent=1, sort_keys=True).encode(),
+                 folder / "rows.parquet": run.frame.reset_index(drop=True).to_parquet(index=False)}
         if state is not None:
             import torch
 
             buf = io.BytesIO()
             torch.save(state, buf)
-            _atomic_write_bytes(weights, buf.getvalue())
-        elif weights.exists():  # an overwrite without weights must not keep another run's
-            weights.unlink()
-        _atomic_write_bytes(meta, json.dumps(run.meta_dict(), indent=1, sort_keys=True).encode())
+            files[weights] = buf.getvalue()
+        files[meta] = json.dumps(run.meta_dict(), indent=1, sort_keys=True).encode()  # last
+        temps: dict[Path, str] = {}
+        try:
+            for path, data in files.items():
+                temps[path] = _write_temp(path, data)
+            if meta.exists():  # invalidate first so a half-overwritten run never looks complete
+                meta.unlink()
+            if state is None and weights.exists():  # an overwrite without weights: not another's
+                weights.unlink()
+            for path, tmp in temps.items():  # meta.json last
+                os.replace(tmp, path)
+        finally:
+            for tmp in temps.values():
+                if os.path.exists(tmp):  # a failure before its rename
+                    os.unlink(tmp)
         return folder
 
     def has(self, run_id: str) -> bool:
