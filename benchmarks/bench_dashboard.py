@@ -250,6 +250,8 @@ def main() -> None:
     print(f"training throughput ({cfg.model.kind} w{WIDTH} d{DEPTH} {cfg.model.norm}, B={cfg.batch_size}, "
           f"{args.steps} steps): dashboard {best_dash:.0f} steps/s, plain loop {best_plain:.0f} "
           f"steps/s -> {slow:+.1f}% slower in the dashboard (target <= 10%)")
+    print(f"  spread over rounds (this machine's noise): plain loop {min(plain):.0f}–{max(plain):.0f}, "
+          f"dashboard {min(dash):.0f}–{max(dash):.0f} steps/s")
     if dash_pinned:
         slow = 100 * (1 - max(dash_pinned) / max(plain_pinned))
         print(f"  pinned (training on its own core, browser and server on the other): dashboard "
