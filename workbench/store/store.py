@@ -54,10 +54,10 @@ class RunStore:
 
         Every file is first written (and fsynced) to a temp file beside it. Then ``meta.json``
         is removed, the others are renamed into place and the new ``meta.json`` last: a
-        half-overwritten run never looks complete (a reader sees the old run, no run, or the
-        new one), and it is missing only for those few renames, not while the rows and weights
-        are serialized and written (a reader listing the store meanwhile waits for it:
-        :meth:`runs`)."""
+        half-overwritten run never looks complete (without ``meta.json`` it is not listed), and
+        it is missing only for those few renames, not while the rows and weights are serialized
+        and written (a reader listing the store meanwhile waits for it: :meth:`runs`). A failure
+        before the renames leaves the old run as it was."""
         folder = self._dir(run.run_id)
         folder.mkdir(parents=True, exist_ok=True)
         meta, weights = folder / "meta.json", folder / WEIGHTS
