@@ -22,7 +22,7 @@ from ._layout import LAYOUTS
 from ._spec import NormSpec
 from .batch import BatchNorm
 from .batch_channel import BatchChannelNorm
-from .ghost import GhostBatchNorm
+from .ghost import GhostBatchNorm, last_virtual_batch_of_one
 from .group import GroupNorm
 from .instance import InstanceNorm
 from .layer import LayerNorm
@@ -120,13 +120,14 @@ def batch_split_ok(model: nn.Module, examples: int) -> bool:
              or (isinstance(m, BatchChannelNorm) and m.stats == "batch")]
     if stats and examples < 2:
         return False
-    return not any(examples > m.virtual_batch_size and examples % m.virtual_batch_size == 1
+    return not any(last_virtual_batch_of_one(examples, m.virtual_batch_size)
                    for m in stats if isinstance(m, GhostBatchNorm))
 
 
 __all__ = [
     "LAYOUTS", "NORMS", "NORM_CLASSES", "BatchChannelNorm", "BatchNorm", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "NormSpec", "PowerNorm", "RMSNorm", "WSConv2d",
-    "WSLinear", "batch_split_ok", "is_norm_module", "make_norm", "norm_layouts",
+    "WSLinear", "batch_split_ok", "is_norm_module", "last_virtual_batch_of_one", "make_norm",
+    "norm_layouts",
     "standardize_weight",
 ]

@@ -22,6 +22,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._layout import check_input, from_ncm, to_ncm
 
 
+def last_virtual_batch_of_one(examples: int, virtual_batch_size: int) -> bool:
+    """Whether ``examples`` split into virtual batches of ``virtual_batch_size`` leave one
+    example in the last (one value per channel on (N, C) features: nothing to normalize by)."""
+    return examples > virtual_batch_size and examples % virtual_batch_size == 1
+
+
 class GhostBatchNorm(_BatchNorm):
     """Batch norm with statistics per virtual batch of ``virtual_batch_size`` examples.
 

@@ -16,6 +16,7 @@ from ..models import (
     config_to_dict,
     fit_to_data,
 )
+from ..norms import last_virtual_batch_of_one
 from ..store.run import config_hash
 from .optim import OPTIMIZERS
 from .schedules import BATCH_SCHEDULES, LR_DECAY, LR_SCALING
@@ -170,7 +171,7 @@ class TrainConfig:
                 "without batch statistics (layer, group, rms, none, batch_channel with its "
                 "default estimated statistics)")
         v = self._ghost_virtual_batch()
-        if v and n > v and n % v == 1:
+        if v and last_virtual_batch_of_one(n, v):
             raise ValueError(
                 f"norm='ghost_batch' with virtual_batch_size={v} splits {what}={n} into virtual "
                 f"batches whose last has one example (one value per feature on an MLP): use a "

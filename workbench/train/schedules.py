@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench._validate import check_choice, check_divides, check_positive
+from workbench.norms import last_virtual_batch_of_one
 
 LR_SCALING = ("none", "linear", "sqrt")
 LR_DECAY = ("constant", "cosine", "linear")
@@ -139,8 +140,8 @@ class BatchSizeSchedule:
         size = math.ceil(size / q) * q
         cap = None if self.max_batch_size is None else self.max_batch_size // q * q
         size = size if cap is None else min(size, cap)
-        v = self.virtual_batch
-        if v and size > v and size % v == 1:  # q == 1 here (see make_batch_schedule)
+        if self.virtual_batch and last_virtual_batch_of_one(size, self.virtual_batch):
+            # q == 1 here (see make_batch_schedule)
             size += 1 if cap is None or size < cap else -1
         return size
 
@@ -247,7 +248,7 @@ def make_batch_schedule(kind: str, *, batch_size: int, max_batch_size: int | Non
         if multiple_of != 1:
             raise ValueError(f"virtual_batch applies to batches that go through the model in one "
                              f"pass (multiple_of=1), got multiple_of={multiple_of}")
-        if batch_size > virtual_batch and batch_size % virtual_batch == 1:
+        if last_virtual_batch_of_one(batch_size, virtual_batch):
             raise ValueError(f"batch_size={batch_size} leaves one example in the last virtual batch "
                              f"of {virtual_batch}: use e.g. {batch_size - 1}")
     return BatchSizeSchedule(kind, batch_size=batch_size, max_batch_size=max_batch_size,
