@@ -39,7 +39,7 @@ import torch.autograd.forward_ad as fwAD
 from .._validate import check_choice, check_integer
 from ..models import MLP, ConvNet, Transformer
 from ..utils import preserved_state
-from ._directions import MODES, restore_buffers, snapshot_buffers
+from ._directions import MODES, random_direction, restore_buffers, snapshot_buffers
 from ._tidy import tidy_frame
 
 METRICS = ["stream_in_variance", "stream_in_rms", "stream_out_variance", "stream_out_rms",
@@ -125,15 +125,15 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         per_block = [[p for p in b.parameters() if p.requires_grad] for _, b in blocks]
         flat = [p for ps in per_block for p in ps]
         grads = torch.autograd.grad(loss, flat, allow_unused=True) if flat else []
-        # drawn on the CPU and moved: the same seed gives the same directions (and numbers) on
-        # every device, as the landscape probe's directions
+        # drawn on the CPU and moved (random_direction, as the landscape's directions): the same
+        # seed gives the same directions, and numbers, on every device
         gen = torch.Generator().manual_seed(seed)
         stats, g_iter = [], iter(grads)
         with torch.no_grad():
             for i, (_, block) in enumerate(blocks):
                 inp, out = seen[i]
                 # how far the block's Jacobian is from its shortcut's, along a random direction
-                v = torch.randn(inp.shape, generator=gen, dtype=inp.dtype).to(inp.device)
+                (v,) = random_direction([inp], gen)
                 restore_buffers(buffers)
                 _, jv = _jvp(block, inp, v)
                 if structure == "branch":  # the block is the branch F: J_F v against v
