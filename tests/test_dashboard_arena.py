@@ -61,6 +61,30 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
     assert app.lane_status[2].object == "" and app.status.object.startswith("done")
     store = RunStore(tmp_path / "runs")
     assert len(store.run_ids()) == 2
+    # dashed test-set lines (trace 4 + lane): every evaluation, steps // 10 apart and at the end,
+    # as stored; those before the end arrived while training
+    for lane, (_, cfg) in enumerate(app.build_configs()):
+        evals = store.get(cfg.run_id).frame.query("probe == 'eval'")
+        for fig, metric in ((app.loss_fig, "loss"), (app.acc_fig, "accuracy")):
+            rows = evals[evals.metric == metric].sort_values("step")
+            test = fig.data[4 + lane]
+            assert test.name.endswith(" (test)") and test.line.dash == "dash"
+            assert list(test.x) == list(range(3, 31, 3)) == rows.step.tolist()
+            assert list(test.y) == rows.value.tolist()
+
+
+def test_test_points_stream_in_while_training(app):
+    _long_run(app)
+    app.lanes[1].enabled = False
+    assert app.start()
+    _wait(lambda: app.refresh() or len(app._tests[0]["accuracy"][0]) >= 2)
+    assert app.running
+    app._draw()
+    assert list(app.acc_fig.data[4].x[:2]) == [200, 400]
+    assert all(0 <= v <= 1 for v in app.acc_fig.data[4].y)
+    app.stop()
+    app.join(5)
+    _run_to_end(app, 5)
 
 
 def test_curves_are_smoothed_and_redrawn_when_the_weight_or_axis_changes(app, tmp_path):
@@ -71,10 +95,11 @@ def test_curves_are_smoothed_and_redrawn_when_the_weight_or_axis_changes(app, tm
     cfg = app.lanes[1].build(steps=app.steps, width=app.width, depth=app.depth)
     raw = store.get(cfg.run_id).metric("loss").tolist()  # lane 2's per-step training losses
     assert len(raw) == 30 and list(app.loss_fig.data[1].y) == pytest.approx(smooth_ema(raw, 0.9))
-    assert app.loss_fig.layout.title.text == "loss (smoothed: EMA 0.9)"
+    assert app.loss_fig.layout.title.text == "loss (smoothed: EMA 0.9); dashed: test set"
     app.smoothing = 0.0  # after the run: redrawn at once, from the raw values
     assert list(app.loss_fig.data[1].y) == pytest.approx(raw)
-    assert app.loss_fig.layout.title.text == "loss" and app.acc_fig.layout.title.text == "accuracy"
+    assert app.loss_fig.layout.title.text == "loss; dashed: test set"
+    assert app.acc_fig.layout.title.text == "accuracy; dashed: test set"
     app.smoothing = 0.5
     assert list(app.loss_fig.data[1].y) == pytest.approx(smooth_ema(raw, 0.5))
     assert app.loss_fig.layout.yaxis.type == "log"
@@ -160,7 +185,43 @@ def test_every_preset_sets_four_valid_distinct_lanes(app):
         assert app.preset_doc.object == spec["doc"]
     app.preset = "micro-batch: BN vs GN vs GN+WS vs BCN"
     cfgs = dict(app.build_configs())
-    assert cfgs[3].model.norm == "batch_channel" and cfgs[3].model.ws and cfgs[0].micro_batch == 2
+    assert cfgs[3].model.norm == "batch_channel" and cfgs[3].model.ws and cfgs[0].micro_batch == 1
+    assert app.probes == [] and all(cfg.eval_every == 20 for cfg in cfgs.values())
+    app.preset = "LN placement: Pre vs Post vs Mix vs LN scaling"
+    assert app.probes == ["depth_variance"] and app.probe_every == 25 and app.depth == 8
+    app.preset = "large batch: SGD vs LARS, Adam vs LAMB"  # the probes are the preset's
+    assert app.probes == [] and app.probe_every == 20
+
+
+def _preset_lanes(app, preset, labels, **shared):
+    """Train only the lanes ``labels`` of a preset (with ``shared`` changed) to the end."""
+    app.preset = preset
+    app.param.update(**shared)
+    for lane in app.lanes:
+        lane.enabled = lane.label in labels
+    assert app.start()
+    _run_to_end(app, 180)
+    assert all("finished" in app.lane_status[i].object for i in range(4) if app.lanes[i].enabled)
+    return [app.lanes.index(next(lane for lane in app.lanes if lane.label == name)) for name in labels]
+
+
+def test_the_micro_batch_preset_shows_batchnorm_failing_at_test_time(app):
+    """What the preset's doc says a user sees: BN at micro-batch 1 trains, and its test accuracy
+    (the dashed line) collapses; GN + WS's does not."""
+    bn, gnws = _preset_lanes(app, "micro-batch: BN vs GN vs GN+WS vs BCN", ["BN", "GN+WS"], steps=150)
+    train_acc = [app.acc_fig.data[i].y[-1] for i in (bn, gnws)]  # smoothed training accuracy
+    test_acc = [app.acc_fig.data[4 + i].y[-1] for i in (bn, gnws)]
+    assert min(train_acc) > 0.8, train_acc
+    assert test_acc[0] < test_acc[1] - 0.3, test_acc
+
+
+def test_the_ln_placement_preset_shows_the_variance_growth_in_the_probe_panel(app):
+    pre, post = _preset_lanes(app, "LN placement: Pre vs Post vs Mix vs LN scaling",
+                              ["Pre-LN", "Post-LN"], steps=100)
+    assert app.probe_fig.layout.annotations[0].text == "depth_variance: stream_out_variance"
+    first, last = ([app.probe_fig.data[i].y[k] for i in (pre, post)] for k in (0, -1))
+    assert last[0] > 1.5 * first[0], "Pre-LN's stream variance should grow during training"
+    assert last[0] > 3 * last[1] and last[1] < 1.5, "Post-LN keeps it near 1"
 
 
 def test_a_preset_trains_in_the_arena(app):

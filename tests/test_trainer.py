@@ -116,6 +116,22 @@ def test_cancel_stops_between_steps(tmp_path):
     assert RunStore(tmp_path).get(run.run_id).status == "cancelled"
 
 
+def test_callback_gets_the_test_metrics_of_every_evaluation_but_the_last():
+    seen = {}
+    run = train(TrainConfig.smoke().replace(steps=25, eval_every=10),
+                callback=lambda step, metrics: seen.setdefault(step, dict(metrics)))
+    tested = {step: m for step, m in seen.items() if "test_loss" in m}
+    assert sorted(tested) == [9, 19]  # evaluated after steps 9 and 19; after 24 only in the rows
+    evals = run.frame[run.frame.probe == "eval"].pivot(index="step", columns="metric", values="value")
+    assert list(evals.index) == [10, 20, 25]
+    for step, m in tested.items():
+        assert m["test_loss"] == evals.loss[step + 1]
+        assert m["test_accuracy"] == evals.accuracy[step + 1]
+    assert all(set(m) == set(TRAIN_METRICS) for step, m in seen.items() if step not in tested)
+    train_rows = run.frame[run.frame.probe == "train"]
+    assert set(train_rows.metric) == set(TRAIN_METRICS)  # not in the training rows
+
+
 def test_cancel_from_another_thread():
     token = CancelToken()
     result = {}

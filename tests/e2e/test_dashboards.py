@@ -110,13 +110,17 @@ def test_arena_preset_runs_to_the_end(page, live_server, screenshot):
     _open(page, f"{live_server}/arena")
     page.get_by_role("combobox", name="Preset").select_option(
         "large batch: SGD vs LARS, Adam vs LAMB")
-    page.get_by_text("Layer-wise trust ratios").wait_for()
+    page.get_by_text("scale each layer's step by a trust ratio").wait_for()
     _set(page, "Steps", 40)
     _train_button(page).click()
     page.get_by_text("done: every lane has ended").wait_for(timeout=60_000)
     for lane in range(4):
         assert _wait_points(page, 40, trace=lane, timeout=5) == 40
+        # the dashed test-set line: evaluated every 4 steps, the last after step 40
+        assert _wait_points(page, 10, trace=4 + lane, timeout=5) == 10
+        assert _last_step(page, trace=4 + lane) == 40
     page.get_by_text("LAMB", exact=True).first.wait_for()
+    page.get_by_text("LAMB (test)", exact=True).first.wait_for()
     screenshot("finished")
 
 

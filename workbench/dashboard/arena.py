@@ -5,6 +5,9 @@ State: :class:`Lane` (one strategy, a ``param.Parameterized`` turned into a ``Tr
 enabled lane (a bad one gives a message naming the lane; nothing starts), then starts one
 :class:`~._jobs.Job` per lane; ``refresh()`` moves what the workers buffered into the figures,
 progress bars and status lines. A diverged lane gets a red ``x`` and the others go on.
+Each lane's test-set loss and accuracy (evaluated :data:`TESTS_PER_RUN` times per run, in eval
+mode) are drawn dashed next to its smoothed training curves: the claims about generalization
+(BatchNorm at micro-batch 1, large batches) show only there.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ ARENA_PROBES = ("smoothness_small", "hessian_top_eigs", "depth_variance", "chann
 PROBE_BUDGET = {"hessian_top_eigs": {"max_iter": 20, "tol": 1e-2}}
 ROW_PROBE = {"smoothness_small": "smoothness"}  # the probe column of a choice's rows
 NUM_LANES = 4
+TESTS_PER_RUN = 10  # test-set evaluations per lane (every steps // 10 steps, and at the end)
+CURVES = ("loss", "accuracy")
 
 
 def _residual(cfg: TrainConfig) -> bool:
@@ -145,7 +150,7 @@ class Lane(param.Parameterized):
                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                          eval_every=0, **growth)
+                          eval_every=max(1, steps // TESTS_PER_RUN), **growth)
         return check_model_size(cfg)
 
 
@@ -176,6 +181,8 @@ class Arena(SessionApp):
         self.status.object = "idle: set up the lanes (or pick a preset) and press **Train**"
         self.preset_doc = pn.pane.Markdown("", sizing_mode="stretch_width")
         self._curves: list[dict[str, SmoothedCurve]] = [{} for _ in range(NUM_LANES)]  # lane -> metric
+        # lane -> metric -> (steps, values) on the test set, as evaluated (never smoothed)
+        self._tests: list[dict[str, tuple[list, list]]] = [{} for _ in range(NUM_LANES)]
         self._probe_frames: list[list] = [[] for _ in range(NUM_LANES)]
         self._dirty, self._next_draw, self._next_slow = False, 0.0, 0.0
         self._last: list[tuple[int, dict] | None] = [None] * NUM_LANES  # latest (step, metrics)
@@ -196,7 +203,9 @@ class Arena(SessionApp):
         if spec is None:
             self.preset_doc.object = ""
             return
-        self.param.update(**spec["shared"])
+        # probes and their interval are the preset's, or none and the default
+        self.param.update(**{"probes": [], "probe_every": self.param.probe_every.default,
+                             **spec["shared"]})
         for i, lane in enumerate(self.lanes):
             settings = spec["lanes"][i] if i < len(spec["lanes"]) else None
             defaults = {k: p.default for k, p in lane.param.objects().items() if k != "name"}
@@ -237,8 +246,8 @@ class Arena(SessionApp):
             return False
         self.clear_error()
         names = self._names = [lane.describe() for lane in self.lanes]
-        self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y)
-        self.acc_fig = lanes_figure(names, metric="accuracy")
+        self.loss_fig = lanes_figure(names, metric="loss", log_y=self.log_y, test=True)
+        self.acc_fig = lanes_figure(names, metric="accuracy", test=True)
         self._title_curves()
         self._drawn_probes = [p for p in ARENA_PROBES if p in self.probes]
         self.probe_fig = probes_figure(names, self._drawn_probes)
@@ -251,7 +260,8 @@ class Arena(SessionApp):
                       f"{', '.join(str(i + 1) for i in skipped)}: a plain MLP has no residual "
                       "blocks; tick 'Residual MLP')") if skipped else ""
         for i, cfg in configs:
-            self._curves[i] = {m: SmoothedCurve(self.smoothing) for m in ("loss", "accuracy")}
+            self._curves[i] = {m: SmoothedCurve(self.smoothing) for m in CURVES}
+            self._tests[i] = {m: ([], []) for m in CURVES}
             self._last[i] = None
             self._probe_frames[i] = []
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
@@ -282,7 +292,7 @@ class Arena(SessionApp):
 
     def _title_curves(self) -> None:
         for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
-            fig.layout.title.text = smoothed_title(metric, self.smoothing)
+            fig.layout.title.text = smoothed_title(metric, self.smoothing) + "; dashed: test set"
 
     @param.depends("log_y", watch=True)
     def _log_axis(self) -> None:
@@ -313,10 +323,15 @@ class Arena(SessionApp):
             if points:
                 changed = True
                 for metric, curve in self._curves[i].items():
+                    steps, values = self._tests[i][metric]
                     for step, m in points:
                         v = m.get(metric)
                         if v is not None and math.isfinite(v):
                             curve.add(step, v)
+                        v = m.get(f"test_{metric}")  # the weights after the step
+                        if v is not None and math.isfinite(v):
+                            steps.append(step + 1)
+                            values.append(v)
                 self._last[i] = points[-1]  # bar and status line: once a second, in _draw
             elif job.state == "queued":
                 self.lane_status[i].object = f"**{self._names[i]}**: {SLOTS.describe()}"
@@ -351,6 +366,9 @@ class Arena(SessionApp):
                 curve = self._curves[i].get(metric)
                 if curve is not None and i < len(fig.data) and fig.data[i].name != "diverged":
                     fig.data[i].x, fig.data[i].y = thin(curve.xs, curve.drawn)
+                tested = self._tests[i].get(metric)
+                if tested is not None and NUM_LANES + i < len(fig.data):
+                    fig.data[NUM_LANES + i].x, fig.data[NUM_LANES + i].y = tested
             if slow and self._probe_frames[i]:
                 frame = pd.concat(self._probe_frames[i], ignore_index=True)
                 self._probe_frames[i] = [frame]  # concatenated once, not on every redraw
@@ -372,6 +390,12 @@ class Arena(SessionApp):
         self.jobs[i] = None
         run, name = job.result, self._names[i]
         note = f" ({job.saved})" if job.saved else ""
+        frame = run.frame
+        if len(frame) and self._tests[i]:  # every evaluation, the one after the last step too
+            tested = frame[(frame["probe"] == "eval") & frame["value"].map(math.isfinite)]
+            for metric in CURVES:
+                rows = tested[tested["metric"] == metric].sort_values("step")
+                self._tests[i][metric] = (rows["step"].tolist(), rows["value"].tolist())
         self.progress[i].value = min(run.steps_done, self.progress[i].max)
         if run.status == "finished":
             self.progress[i].value = self.progress[i].max

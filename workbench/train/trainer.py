@@ -246,7 +246,10 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         cancel: a :class:`CancelToken`; checked before every step.
         progress: show a tqdm progress bar.
         callback: ``callback(step, metrics)`` after every step, from the training thread
-            (dashboards use it to stream points); keep it cheap.
+            (dashboards use it to stream points); keep it cheap. After a step that ended with
+            a test-set evaluation (every ``eval_every`` steps but the last), ``metrics`` also
+            holds ``test_loss`` (and ``test_accuracy``): the ``"eval"`` rows of step ``step + 1``.
+            The evaluation after the last step is only in the run's rows.
         device: ``"auto"`` (CUDA when present) or a torch device.
         probe_callback: ``probe_callback(step, frame)`` with every probe frame as it is computed
             (``probe`` and ``layer`` on every row, as stored), from the training thread
@@ -430,7 +433,10 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                                 micro_batch=B // len(micro_grads))
             opt.step()
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                rows.add(step + 1, "eval", evaluate(model, dataset))
+                tested = evaluate(model, dataset)
+                rows.add(step + 1, "eval", tested)
+                if callback:  # the weights after this step's update: the eval rows' step + 1
+                    metrics.update({f"test_{k}": v for k, v in tested.items()})
             if callback:
                 callback(step, metrics)
             if bar is not None:

@@ -19,13 +19,23 @@ HEADLINE = {"hessian_top_eigs": "eigenvalue", "hessian_trace": "trace",
 
 
 def lanes_figure(names: list[str], *, metric: str = "loss", log_y: bool = False,
-                 title: str | None = None, height: int | None = None):
-    """An empty figure with one named line per lane (trace ``i`` is lane ``i``)."""
+                 title: str | None = None, height: int | None = None, test: bool = False):
+    """An empty figure with one named line per lane (trace ``i`` is lane ``i``).
+
+    ``test``: also a dashed line with markers per lane for its test-set values, trace
+    ``len(names) + i`` for lane ``i``, named ``"<lane> (test)"`` and toggled with the lane's line.
+    """
     import plotly.graph_objects as go
 
-    fig = go.Figure([go.Scatter(x=[], y=[], mode="lines", name=n,
-                                line={"color": LANE_COLORS[i % len(LANE_COLORS)]})
-                     for i, n in enumerate(names)])
+    colors = [LANE_COLORS[i % len(LANE_COLORS)] for i in range(len(names))]
+    traces = [go.Scatter(x=[], y=[], mode="lines", name=n, legendgroup=f"lane{i}",
+                         line={"color": c}) for i, (n, c) in enumerate(zip(names, colors))]
+    if test:
+        traces += [go.Scatter(x=[], y=[], mode="lines+markers", name=f"{n} (test)",
+                              legendgroup=f"lane{i}", marker={"size": 6},
+                              line={"color": c, "dash": "dash"})
+                   for i, (n, c) in enumerate(zip(names, colors))]
+    fig = go.Figure(traces)
     fig.update_layout(title=title or metric, xaxis_title="step", yaxis_title=metric,
                       template="plotly_white", margin=MARGIN, uirevision="lanes",
                       legend={"orientation": "h", "y": -0.2}, height=height)
