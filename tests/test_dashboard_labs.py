@@ -122,8 +122,27 @@ def test_depth_heatmaps_per_placement(tmp_path):
     assert list(pre.data[0].x) == [0, 10, 19] and list(pre.data[0].y) == [0, 1, 2]
     assert post.layout.title.text.startswith("post")
     assert {t.name for t in lab.lines.object.data} == {"pre", "post"}
+    assert lab.lines.object.layout.yaxis.type == "log" and lab.lines.object.layout.xaxis.dtick == 1
     lab.metric = "grad_norm"  # redraws without retraining
     assert "grad_norm" in lab.heatmaps[0].object.layout.title.text
+
+
+def test_depth_lines_use_a_log_axis_only_for_positive_values():
+    import pandas as pd
+
+    from workbench.viz.depth import depth_lines
+
+    metric = "skip_loss_increase"
+
+    def frame(values):
+        return pd.DataFrame({"step": 5, "metric": metric, "value": values,
+                             "layer": [f"blocks.{i}" for i in range(len(values))]})
+
+    fig = depth_lines({"pre": frame([0.1, 0.2]), "post": frame([0.3, 0.01, 0.02])}, metric)
+    assert fig.layout.yaxis.type == "log" and list(fig.data[1].x) == [0, 1, 2]
+    # skipping a block can lower the loss: on a log axis that point would vanish
+    fig = depth_lines({"pre": frame([0.1, 0.2]), "post": frame([0.3, -0.01])}, metric)
+    assert len(fig.data) == 2 and fig.layout.yaxis.type == "linear"
 
 
 @pytest.mark.parametrize("dims", [1, 2])

@@ -34,19 +34,23 @@ def depth_heatmap(frame: pd.DataFrame, metric: str = "stream_out_variance", titl
 
 
 def depth_lines(frames: dict[str, pd.DataFrame], metric: str = "stream_out_variance"):
-    """``metric`` against block at the last measured step, one line per variant."""
+    """``metric`` against block at the last measured step, one line per variant (a log axis
+    when every value drawn is positive: the skip-loss increase can be negative)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    positive = True
     for name, frame in frames.items():
         rows = frame[frame["metric"] == metric]
         if rows.empty:
             continue
         last = rows[rows["step"] == rows["step"].max()].assign(block=lambda f: f["layer"].map(_block))
         last = last.sort_values("block")
+        positive &= bool((last["value"] > 0).all())
         fig.add_trace(go.Scatter(x=last["block"], y=last["value"], mode="lines+markers", name=name))
     fig.update_layout(title=f"{metric} by block (latest step)", xaxis_title="block",
                       yaxis_title=metric, template="plotly_white", margin=MARGIN,
                       legend={"orientation": "h", "y": -0.25})
-    fig.update_yaxes(type="log")
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=1)  # blocks are whole numbers
+    fig.update_yaxes(type="log" if positive else "linear")
     return fig
