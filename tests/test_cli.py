@@ -30,7 +30,22 @@ def test_norm_options_and_ws(tmp_path, capsys):
     assert run.config["model"]["norm_options"] == {"groups": 4} and run.config["model"]["ws"]
 
 
+def test_eval_probe_and_growth_intervals(tmp_path, capsys):
+    rc = main(["train", "--steps", "12", "--n-train", "256", "--eval-every", "5", "--probes",
+               "layer_norms", "--probe-every", "4", "--batch-schedule", "step",
+               "--max-batch-size", "64", "--growth-every", "6", "--store", str(tmp_path),
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    run = RunStore(tmp_path).get(RunStore(tmp_path).run_ids()[0])
+    steps = run.frame.groupby("probe").step.unique()
+    assert sorted(steps["eval"]) == [5, 10, 12] and sorted(steps["layer_norms"]) == [0, 4, 8, 11]
+    assert run.metric("batch_size").tolist() == [32] * 6 + [64] * 6
+    assert run.config["growth_every"] == 6 and run.config["eval_every"] == 5
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["train", "--probe-every", "0"], "--probe-every must be a positive number of steps, got 0"),
+    (["train", "--eval-every", "-1"], "eval_every must be >= 0"),
     (["train", "--norm", "bachnorm"], "unknown norm 'bachnorm'"),
     (["train", "--model", "resnet"], "unknown model 'resnet'"),
     (["train", "--batch-size", "0"], "batch_size must be > 0"),

@@ -61,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay", default="constant")
     t.add_argument("--batch-schedule", default="constant")
     t.add_argument("--max-batch-size", type=int, default=None)
+    t.add_argument("--growth-every", type=int, default=100,
+                   help="steps between batch doublings (--batch-schedule step)")
+    t.add_argument("--eval-every", type=int, default=50,
+                   help="steps between test-set evaluations (0: only after the last step)")
     t.add_argument("--probes", nargs="*", default=None, help="probe names or a preset")
+    t.add_argument("--probe-every", type=int, default=None,
+                   help="steps between probe measurements (default: steps // 10; the last step "
+                        "is measured too)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--store", default=STORE_DEFAULT)
     t.add_argument("--device", default="auto")
@@ -131,17 +138,20 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
                        lr_scaling=a.lr_scaling, base_batch_size=a.base_batch_size,
                        warmup_steps=a.warmup_steps, lr_decay=a.lr_decay,
                        batch_schedule=a.batch_schedule, max_batch_size=a.max_batch_size,
-                       seed=a.seed)
+                       growth_every=a.growth_every, eval_every=a.eval_every, seed=a.seed)
 
 
 def _cmd_train(a) -> int:
     from .store import RunStore
-    from .train import resolve_probes, train
+    from .train import every, resolve_probes, train
 
     cfg = config_from_args(a)
     probes = resolve_probes(a.probes[0] if a.probes and len(a.probes) == 1 else a.probes)
-    run = train(cfg, probes=probes or None, store=RunStore(a.store), progress=not a.no_progress,
-                device=a.device)
+    if a.probe_every is not None and a.probe_every < 1:
+        raise ValueError(f"--probe-every must be a positive number of steps, got {a.probe_every}")
+    schedule = None if a.probe_every is None else every(a.probe_every)
+    run = train(cfg, probes=probes or None, schedule=schedule, store=RunStore(a.store),
+                progress=not a.no_progress, device=a.device)
     s = run.summary()
     line = (f"run {run.run_id}: {run.status} after {run.steps_done} steps in {run.wall_time:.1f}s; "
             f"final train loss {s['final_loss']:.4f}")
