@@ -73,6 +73,27 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
             assert list(test.y) == rows.value.tolist()
 
 
+@pytest.mark.parametrize("probes", [[], ["channel_health"]])
+def test_the_probe_plot_is_sent_only_when_new_probe_rows_came_in(app, probes):
+    """Each trigger sends the whole figure to the browser (tens of ms of the event loop); with
+    no probe chosen the probe plot is sent once, when Train sets its empty figure."""
+    app.steps, app.probes, app.probe_every = 300, probes, 100
+    sent = []
+    app.probe_plot.param.watch(lambda event: sent.append(event), "object")
+    assert app.start()
+    deadline = time.monotonic() + 60
+    while app.running:  # every refresh draws, the probes' plot included (slow every time)
+        app._next_slow = app._next_draw = 0.0
+        app.refresh()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    frames = sum(len(f["step"].unique()) for f in app._probe_frames[0])
+    assert frames == (4 if probes else 0)  # steps 0, 100, 200, 299
+    assert 1 + (1 if probes else 0) <= len(sent) <= 1 + 2 * frames  # two lanes: a draw per lane's
+    if probes:
+        assert list(app.probe_fig.data[0].x) == list(app.probe_fig.data[1].x) == [0, 100, 200, 299]
+
+
 def test_test_points_stream_in_while_training(app):
     _long_run(app)
     app.lanes[1].enabled = False
