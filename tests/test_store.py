@@ -122,6 +122,29 @@ def test_listing_is_safe_while_another_writer_overwrites_runs(tmp_path):
     assert [r.run_id for r in store.runs([*ids, "fff000"])] == ["abc123", "abc125"]
 
 
+def test_a_run_saved_while_it_is_read_is_not_mixed_with_the_old_one(tmp_path, monkeypatch):
+    """``get`` reads meta.json, config.json and the rows one after the other; another run saved
+    under the same id in between used to come back as the old meta with the new rows."""
+    store = RunStore(tmp_path)
+    store.save(_run(n=3))
+    newer = _run(n=7)
+    newer.started_at = "later"
+    real_read = pd.read_parquet
+    saves = []
+
+    def read_during_a_save(*args, **kwargs):
+        if not saves:  # once: the rows are read after the other run's save
+            saves.append(store.save(newer))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_parquet", read_during_a_save)
+    with pytest.raises(KeyError, match="is being rewritten while it was read"):
+        store.get("abc123")
+    saves.clear()
+    (back,) = store.runs(["abc123"])  # listing reads it again: the newer run, whole
+    assert back.started_at == "later" and len(back.frame) == 7 == back.steps_done
+
+
 def test_run_ids_are_validated(tmp_path):
     with pytest.raises(ValueError, match="invalid run id"):
         RunStore(tmp_path).get("../etc")

@@ -107,13 +107,20 @@ class RunStore:
             known = self.run_ids()
             raise KeyError(f"no run {run_id!r} in {self.root}; stored runs: "
                            f"{', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
+        gone = KeyError(f"run {run_id!r} in {self.root} was removed or is being rewritten "
+                        "while it was read")
         try:
-            meta = json.loads((folder / "meta.json").read_text())
+            text = (folder / "meta.json").read_text()
             config = json.loads((folder / "config.json").read_text())
             frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
+            # another run saved under this id in between (its meta.json differs: start time,
+            # wall time): the files read may mix the two runs. (The same run saved again
+            # leaves the same meta.json and the same files.)
+            if (folder / "meta.json").read_text() != text:
+                raise gone
         except FileNotFoundError:  # deleted, or being overwritten (meta.json goes first)
-            raise KeyError(f"run {run_id!r} in {self.root} was removed or is being rewritten "
-                           "while it was read") from None
+            raise gone from None
+        meta = json.loads(text)
         if "converged" in frame and frame["converged"].dtype == object:
             # NaN (rows without a convergence flag) comes back from Parquet as None
             frame["converged"] = frame["converged"].where(frame["converged"].notna(), float("nan"))
