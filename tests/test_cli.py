@@ -44,7 +44,10 @@ def test_eval_probe_and_growth_intervals(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--probe-every", "0"], "--probe-every must be a positive number of steps, got 0"),
+    (["train", "--probes", "cheap", "--probe-every", "0"],
+     "--probe-every must be a positive number of steps, got 0"),
+    (["train", "--probe-every", "5"], "--probe-every sets when the probes run: name them with --probes"),
+    (["train", "--growth-every", "5"], "--growth-every applies to --batch-schedule step, not 'constant'"),
     (["train", "--eval-every", "-1"], "eval_every must be >= 0"),
     (["train", "--norm", "bachnorm"], "unknown norm 'bachnorm'"),
     (["train", "--model", "resnet"], "unknown model 'resnet'"),

@@ -94,6 +94,19 @@ def test_the_probe_plot_is_sent_only_when_new_probe_rows_came_in(app, probes):
         assert list(app.probe_fig.data[0].x) == list(app.probe_fig.data[1].x) == [0, 100, 200, 299]
 
 
+def test_a_lane_turned_off_keeps_nothing_of_the_last_run(app):
+    app.steps = 12
+    assert app.start()
+    _run_to_end(app)
+    assert len(app.loss_fig.data[1].x) == 12 and list(app.loss_fig.data[5].x) == [2, 4, 6, 8, 10, 12]
+    app.lanes[1].enabled = False
+    assert app.start()
+    _run_to_end(app)
+    assert len(app.loss_fig.data[0].x) == 12
+    for fig in (app.loss_fig, app.acc_fig):
+        assert [len(fig.data[i].x) for i in (1, 5)] == [0, 0]  # its line and its dashed test line
+
+
 def test_test_points_stream_in_while_training(app):
     _long_run(app)
     app.lanes[1].enabled = False

@@ -127,22 +127,22 @@ def test_a_run_saved_while_it_is_read_is_not_mixed_with_the_old_one(tmp_path, mo
     under the same id in between used to come back as the old meta with the new rows."""
     store = RunStore(tmp_path)
     store.save(_run(n=3))
-    newer = _run(n=7)
-    newer.started_at = "later"
+    newer, newest = _run(n=7), _run(n=9)
+    newer.started_at, newest.started_at = "later", "latest"
     real_read = pd.read_parquet
-    saves = []
+    pending = [newer]  # saved, one per read, while a run's rows are read
 
     def read_during_a_save(*args, **kwargs):
-        if not saves:  # once: the rows are read after the other run's save
-            saves.append(store.save(newer))
+        if pending:
+            store.save(pending.pop(0))
         return real_read(*args, **kwargs)
 
     monkeypatch.setattr(pd, "read_parquet", read_during_a_save)
     with pytest.raises(KeyError, match="is being rewritten while it was read"):
         store.get("abc123")
-    saves.clear()
-    (back,) = store.runs(["abc123"])  # listing reads it again: the newer run, whole
-    assert back.started_at == "later" and len(back.frame) == 7 == back.steps_done
+    pending.append(newest)
+    (back,) = store.runs(["abc123"])  # the listing reads it again, after the save: all newest
+    assert back.started_at == "latest" and len(back.frame) == 9 == back.steps_done
 
 
 def test_run_ids_are_validated(tmp_path):

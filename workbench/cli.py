@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay", default="constant")
     t.add_argument("--batch-schedule", default="constant")
     t.add_argument("--max-batch-size", type=int, default=None)
-    t.add_argument("--growth-every", type=int, default=100,
-                   help="steps between batch doublings (--batch-schedule step)")
+    t.add_argument("--growth-every", type=int, default=None,
+                   help="steps between batch doublings (--batch-schedule step; default 100)")
     t.add_argument("--eval-every", type=int, default=50,
                    help="steps between test-set evaluations (0: only after the last step)")
     t.add_argument("--probes", nargs="*", default=None, help="probe names or a preset")
@@ -126,6 +126,12 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
         if a.model != "transformer":
             raise ValueError(f"--placement applies to the transformer, not {a.model!r}")
         fields["placement"] = a.placement
+    growth = {}
+    if a.growth_every is not None:
+        if a.batch_schedule != "step":
+            raise ValueError(f"--growth-every applies to --batch-schedule step, not "
+                             f"{a.batch_schedule!r}")
+        growth["growth_every"] = a.growth_every
     name = a.dataset or _DEFAULT_DATA[a.model]
     n_train = a.n_train if a.n_train is not None else (1400 if name == "digits" else 2048)
     n_test = min(512, max(1, n_train // 4))
@@ -138,7 +144,7 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
                        lr_scaling=a.lr_scaling, base_batch_size=a.base_batch_size,
                        warmup_steps=a.warmup_steps, lr_decay=a.lr_decay,
                        batch_schedule=a.batch_schedule, max_batch_size=a.max_batch_size,
-                       growth_every=a.growth_every, eval_every=a.eval_every, seed=a.seed)
+                       eval_every=a.eval_every, seed=a.seed, **growth)
 
 
 def _cmd_train(a) -> int:
@@ -147,6 +153,8 @@ def _cmd_train(a) -> int:
 
     cfg = config_from_args(a)
     probes = resolve_probes(a.probes[0] if a.probes and len(a.probes) == 1 else a.probes)
+    if a.probe_every is not None and not a.probes:
+        raise ValueError("--probe-every sets when the probes run: name them with --probes")
     if a.probe_every is not None and a.probe_every < 1:
         raise ValueError(f"--probe-every must be a positive number of steps, got {a.probe_every}")
     schedule = None if a.probe_every is None else every(a.probe_every)

@@ -5,7 +5,7 @@ State: :class:`Lane` (one strategy, a ``param.Parameterized`` turned into a ``Tr
 enabled lane (a bad one gives a message naming the lane; nothing starts), then starts one
 :class:`~._jobs.Job` per lane; ``refresh()`` moves what the workers buffered into the figures,
 progress bars and status lines. A diverged lane gets a red ``x`` and the others go on.
-Each lane's test-set loss and accuracy (evaluated :data:`TESTS_PER_RUN` times per run, in eval
+Each lane's test-set loss and accuracy (evaluated up to :data:`TESTS_PER_RUN` times per run, in eval
 mode) are drawn dashed next to its smoothed training curves: the claims about generalization
 (BatchNorm at micro-batch 1, large batches) show only there.
 """
@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import panel as pn
 import param
 
@@ -45,7 +46,7 @@ ARENA_PROBES = ("smoothness_small", "hessian_top_eigs", "depth_variance", "chann
 PROBE_BUDGET = {"hessian_top_eigs": {"max_iter": 20, "tol": 1e-2}}
 ROW_PROBE = {"smoothness_small": "smoothness"}  # the probe column of a choice's rows
 NUM_LANES = 4
-TESTS_PER_RUN = 10  # test-set evaluations per lane (every steps // 10 steps, and at the end)
+TESTS_PER_RUN = 10  # test-set evaluations per lane, at most (every ceil(steps / 10) steps)
 CURVES = ("loss", "accuracy")
 
 
@@ -150,7 +151,7 @@ class Lane(param.Parameterized):
                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                          eval_every=max(1, steps // TESTS_PER_RUN), **growth)
+                          eval_every=-(-steps // TESTS_PER_RUN), **growth)
         return check_model_size(cfg)
 
 
@@ -271,8 +272,10 @@ class Arena(SessionApp):
             job = Job(cfg, probes=mine, probe_every=self.probe_every, store=self.store)
             self.jobs[i] = job
             job.start()
-        for i in set(range(NUM_LANES)) - {i for i, _ in configs}:
+        for i in set(range(NUM_LANES)) - {i for i, _ in configs}:  # off: nothing of the last run
             self.lane_status[i].object, self.progress[i].value = "", 0
+            self._curves[i], self._tests[i], self._last[i] = {}, {}, None
+            self._probe_frames[i], self._probes_new[i] = [], False
         self.status.object = f"training {len(configs)} lane(s)…{self._note}"
         self.train_button.disabled, self.stop_button.disabled = True, False
         self.start_periodic()
@@ -401,7 +404,8 @@ class Arena(SessionApp):
         note = f" ({job.saved})" if job.saved else ""
         frame = run.frame
         if len(frame) and self._tests[i]:  # every evaluation, the one after the last step too
-            tested = frame[(frame["probe"] == "eval") & frame["value"].map(math.isfinite)]
+            tested = frame[frame["probe"] == "eval"]
+            tested = tested[np.isfinite(tested["value"].to_numpy())]
             for metric in CURVES:
                 rows = tested[tested["metric"] == metric].sort_values("step")
                 self._tests[i][metric] = (rows["step"].tolist(), rows["value"].tolist())
