@@ -71,6 +71,8 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
             assert test.name.endswith(" (test)") and test.line.dash == "dash"
             assert list(test.x) == list(range(3, 31, 3)) == rows.step.tolist()
             assert list(test.y) == rows.value.tolist()
+        accuracy = evals[evals.metric == "accuracy"].sort_values("step").value.iloc[-1]
+        assert f", test accuracy {accuracy:.4g} in " in app.lane_status[lane].object
 
 
 @pytest.mark.parametrize("probes", [[], ["channel_health"]])
@@ -100,9 +102,10 @@ def test_a_lane_turned_off_keeps_nothing_of_the_last_run(app):
     _run_to_end(app)
     assert len(app.loss_fig.data[1].x) == 12 and list(app.loss_fig.data[5].x) == [2, 4, 6, 8, 10, 12]
     app.lanes[1].enabled = False
+    app.lanes[0].dataset = "teacher"  # regression: no accuracy, the status gives the test loss
     assert app.start()
     _run_to_end(app)
-    assert len(app.loss_fig.data[0].x) == 12
+    assert len(app.loss_fig.data[0].x) == 12 and ", test loss " in app.lane_status[0].object
     for fig in (app.loss_fig, app.acc_fig):
         assert [len(fig.data[i].x) for i in (1, 5)] == [0, 0]  # its line and its dashed test line
 

@@ -412,8 +412,14 @@ class Arena(SessionApp):
         self.progress[i].value = min(run.steps_done, self.progress[i].max)
         if run.status == "finished":
             self.progress[i].value = self.progress[i].max
+            test = ""
+            for metric in ("accuracy", "loss"):  # the test accuracy where the data set has one
+                values = self._tests[i].get(metric, ([], []))[1]
+                if values:
+                    test = f", test {metric} {values[-1]:.4g}"
+                    break
             self.lane_status[i].object = (f"**{name}**: finished, final loss {run.final('loss'):.4g}"
-                                          f" in {run.wall_time:.1f} s{note}")
+                                          f"{test} in {run.wall_time:.1f} s{note}")
         elif run.status == "diverged":
             step = run.diverged_step if run.diverged_step is not None else run.steps_done
             ys = self._curves[i]["loss"].drawn  # at the end of the line drawn
