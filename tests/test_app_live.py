@@ -49,8 +49,24 @@ def test_full_run_fills_plot_progress_and_status(live, tmp_path):
     assert list(live.figure.data[0].x) == list(range(60))
     assert live.plot.object is live.figure
     assert live.status.object.startswith("finished: final loss")
+    # the dashed test loss: every 6 steps, the last after step 60, as stored
+    run = RunStore(tmp_path / "runs").get(live._config.run_id)
+    tested = run.frame.query("probe == 'eval' and metric == 'loss'").sort_values("step")
+    test = live.figure.data[1]
+    assert list(test.x) == list(range(6, 61, 6)) == tested.step.tolist()
+    assert list(test.y) == tested.value.tolist() and test.line.dash == "dash"
+    assert f", test loss {tested.value.iloc[-1]:.4g} after 60 steps" in live.status.object
     assert not live.alert.visible
     assert RunStore(tmp_path / "runs").has(live._config.run_id)
+
+
+def test_test_losses_stream_in_while_training(live):
+    live.steps, live.batch_size = 2000, 256
+    assert live.start()
+    _wait_until(lambda: live.refresh() or len(live.figure.data[1].x) >= 2)
+    assert list(live.figure.data[1].x[:2]) == [200, 400] and live.running
+    live.stop()
+    live.join(10)
 
 
 def test_stop_cancels_within_a_second(live, tmp_path):
@@ -93,7 +109,7 @@ def test_huge_lr_is_shown_as_diverged(live, tmp_path):
     wait_for(live)
     assert live.status.object.startswith("diverged at step")
     marker = live.figure.data[-1]
-    assert len(live.figure.data) == 2 and marker.marker.symbol == "x"
+    assert len(live.figure.data) == 3 and marker.marker.symbol == "x"  # loss, test loss, x
     assert RunStore(tmp_path / "runs").get(live._config.run_id).status == "diverged"
 
 

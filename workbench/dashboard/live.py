@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import panel as pn
 import param
 
@@ -60,6 +61,7 @@ class LiveTraining(SessionApp):
         self._config: TrainConfig | None = None
 
         self.figure = live_loss_figure(log_y=self.log_y)
+        self._tests: tuple[list, list] = ([], [])  # (steps, test losses), as evaluated
         self.plot = plotly_pane(self.figure, height=380)
         self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
                                                sizing_mode="stretch_width")
@@ -100,7 +102,8 @@ class LiveTraining(SessionApp):
         model_cfg = MODELS[self.model][0](norm=self.norm)
         return check_model_size(TrainConfig(
             model=model_cfg, data=data_config(self.dataset), steps=self.steps,
-            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed))
+            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed,
+            eval_every=-(-self.steps // 10)))  # the test loss, up to ten times per run
 
     def start(self) -> bool:
         """Validate the controls and start a training Job; False if it did not start."""
@@ -120,6 +123,7 @@ class LiveTraining(SessionApp):
         self.clear_error()
         self._config = cfg
         self._xs, self._ys = [], []
+        self._tests: tuple[list, list] = ([], [])  # (steps, test losses), as evaluated
         self.figure = live_loss_figure(log_y=self.log_y,
                                        title=f"loss: {self.model}/{self.norm}, {self.dataset}, "
                                              f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}")
@@ -157,8 +161,13 @@ class LiveTraining(SessionApp):
                 if math.isfinite(loss):  # NaN/inf are not JSON; divergence gets a marker instead
                     self._xs.append(step)
                     self._ys.append(loss)
+                test = metrics.get("test_loss")  # every eval_every steps: the weights after it
+                if test is not None and math.isfinite(test):
+                    self._tests[0].append(step + 1)
+                    self._tests[1].append(test)
             trace = self.figure.data[0]
             trace.x, trace.y = thin(self._xs, self._ys)
+            self.figure.data[1].x, self.figure.data[1].y = self._tests
             step, metrics = points[-1]
             self.progress.value = min(step + 1, self.progress.max)
             if not done and not job.cancel_token.cancelled:
@@ -173,9 +182,15 @@ class LiveTraining(SessionApp):
         self.stop_periodic()
         self.train_button.disabled, self.stop_button.disabled = False, True
         note = f" ({saved})" if saved else ""
+        tested = run.frame[(run.frame["probe"] == "eval") & (run.frame["metric"] == "loss")]
+        tested = tested[np.isfinite(tested["value"].to_numpy())].sort_values("step")
+        if len(tested):  # every evaluation, the one after the last step too
+            self.figure.data[1].x, self.figure.data[1].y = tested["step"].tolist(), tested["value"].tolist()
+            self.plot.param.trigger("object")
         if run.status == "finished":
             self.progress.value = self.progress.max
-            self.status.object = (f"finished: final loss {run.final('loss'):.4g} after "
+            test = f", test loss {tested['value'].iloc[-1]:.4g}" if len(tested) else ""
+            self.status.object = (f"finished: final loss {run.final('loss'):.4g}{test} after "
                                   f"{run.steps_done} steps in {run.wall_time:.1f} s{note}")
         elif run.status == "diverged":
             step = run.diverged_step if run.diverged_step is not None else run.steps_done

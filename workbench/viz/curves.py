@@ -165,12 +165,15 @@ def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train
 
 
 def live_loss_figure(title: str = "training loss", log_y: bool = True):
-    """The figure the live dashboard streams into: trace 0 is the loss, empty to start with."""
+    """The figure the live dashboard streams into, empty to start with: trace 0 is the training
+    loss, trace 1 (dashed, with markers) the test loss at each evaluation."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Scatter(x=[], y=[], mode="lines", name="loss"))
+    fig = go.Figure([go.Scatter(x=[], y=[], mode="lines", name="training loss"),
+                     go.Scatter(x=[], y=[], mode="lines+markers", name="test loss",
+                                line={"dash": "dash"}, marker={"size": 6})])
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", template="plotly_white",
-                      margin=MARGIN, showlegend=False, uirevision="live")
+                      margin=MARGIN, uirevision="live", legend={"orientation": "h", "y": -0.2})
     if log_y:
         fig.update_yaxes(type="log")
     return fig
