@@ -11,7 +11,8 @@ the overhead of the ``standard`` preset on a training run at its default schedul
    a venv holding it; ``make bench`` builds ``.venv-peers`` (``make bench-peers``) and passes its
    site-packages. Without it this part prints a note.
 3. ``train(cfg)`` against ``train(cfg, probes="standard")`` (default schedule: every steps//10),
-   interleaved rounds, medians of the step-loop wall time; then the preset's probes one by one
+   interleaved rounds, medians of the step-loop wall time (and of the whole ``train()`` call,
+   which adds building the run's frame after the loop); then the preset's probes one by one
    (as plain callables, so the trainer neither runs them together nor inside the step) and each
    alone, to attribute the overhead. Target: under 10%. The preset runs as one probe that
    reuses the training step's forward pass and gradient (``workbench.probes.together``): its
@@ -143,18 +144,26 @@ def landscape_vs_peer(ds, batch_size: int, reps: int, peer_site: str | None) -> 
           "(target: > 1)")
 
 
-def _step_loop_times(cfg, variants: dict, rounds: int) -> dict[str, list[float]]:
+def _step_loop_times(cfg, variants: dict, rounds: int,
+                     totals: dict | None = None) -> dict[str, list[float]]:
     """Step-loop wall times of ``train(cfg, probes=...)`` for every ``{label: probes}``: one
-    warm-up run each, then ``rounds`` interleaved rounds (every variant once per round)."""
+    warm-up run each, then ``rounds`` interleaved rounds (every variant once per round).
+    ``totals``: filled with the whole ``train()`` call's times too (data, model, the frame
+    built after the loop)."""
     def wall(probes):
-        return train(cfg, probes=probes).metric("wall_time").iloc[-1]
+        t0 = time.perf_counter()
+        run = train(cfg, probes=probes)
+        return run.metric("wall_time").iloc[-1], time.perf_counter() - t0
 
     for probes in variants.values():
         wall(probes)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for k, probes in variants.items():
-            times[k].append(wall(probes))
+            loop, total = wall(probes)
+            times[k].append(loop)
+            if totals is not None:
+                totals.setdefault(k, []).append(total)
     return times
 
 
@@ -169,7 +178,8 @@ def preset_overhead(steps: int, rounds: int) -> None:
     one_by_one = {name: functools.partial(PROBES[name]) for name in preset}
     variants = {"none": None, "standard": "standard", "cheap (no smoothness)": "cheap",
                 "standard, one by one": one_by_one, **{name: [name] for name in preset}}
-    times = _step_loop_times(cfg, variants, rounds)
+    totals: dict[str, list[float]] = {}
+    times = _step_loop_times(cfg, variants, rounds, totals)
     b_med, b_min = statistics.median(times["none"]), min(times["none"])
     print(f"  {'probes':24s} {'median s':>9s} {'overhead':>9s} {'min s':>7s} {'overhead':>9s}")
     for k, ts in times.items():
@@ -181,6 +191,10 @@ def preset_overhead(steps: int, rounds: int) -> None:
     probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
     print(f"  floor of the two smoothness passes: {probe_steps} probe steps x 2 passes / {steps} "
           f"steps = {100 * 2 * probe_steps / steps:.1f}% (if a pass costs a training step)")
+    whole = {k: statistics.median(totals[k]) for k in ("none", "standard")}
+    print(f"  whole train() call (data, model, the frame built after the loop), medians: none "
+          f"{whole['none']:.3f} s, standard {whole['standard']:.3f} s -> "
+          f"{100 * (whole['standard'] / whole['none'] - 1):.1f}%")
     print("  target: standard under 10% of training time")
 
 
