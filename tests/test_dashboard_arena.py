@@ -64,6 +64,7 @@ def test_two_lanes_stream_curves_probes_and_are_saved(app, tmp_path):
     # dashed test-set lines (trace 4 + lane): every evaluation, steps // 10 apart and at the end,
     # as stored; those before the end arrived while training
     for lane, (_, cfg) in enumerate(app.build_configs()):
+        assert store.get(cfg.run_id).meta["label"] == app._names[lane]  # the Runs app shows it
         evals = store.get(cfg.run_id).frame.query("probe == 'eval'")
         for fig, metric in ((app.loss_fig, "loss"), (app.acc_fig, "accuracy")):
             rows = evals[evals.metric == metric].sort_values("step")

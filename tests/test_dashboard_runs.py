@@ -50,6 +50,21 @@ def test_lists_filters_and_compares(store_root):
     assert b.plot.object.layout.yaxis.title.text == "accuracy"
 
 
+def test_a_run_named_in_the_arena_is_listed_and_found_by_its_name(tmp_path):
+    store = RunStore(tmp_path)
+    run = train(TrainConfig.smoke())
+    run.meta["label"] = "GN+WS"  # what the Arena's Job stores: the lane's name
+    store.save(run)
+    store.save(train(TrainConfig.smoke().replace(seed=1)))  # no name
+    b = RunBrowser(store_root=tmp_path)
+    assert sorted(b.summary["label"]) == ["", "GN+WS"]
+    b.query = "gn+ws"
+    assert b.shown()["run_id"].tolist() == [run.run_id]
+    ((name, run_id),) = b.param.selected.names.items()  # the compare list: id · name · setup
+    assert run_id == run.run_id and name.startswith(f"{run.run_id} · GN+WS · mlp/")
+    assert "label" in b.table.value.columns
+
+
 def test_export_csv_and_parquet_of_the_selection(store_root):
     b = RunBrowser(store_root=store_root)
     b.selected = b.summary["run_id"].tolist()[:2]

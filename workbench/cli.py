@@ -183,7 +183,7 @@ def _cmd_runs(a) -> int:
     if table.empty:
         print(f"no runs in {a.store}")
         return 0
-    cols = ["run_id", "status", "model", "norm", "dataset", "optimizer", "batch_size", "lr", "seed",
+    cols = ["run_id", "label", "status", "model", "norm", "dataset", "optimizer", "batch_size", "lr", "seed",
             "steps", "final_loss", "test_accuracy", "started_at"]
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -203,12 +203,16 @@ class Job:
             (e.g. a Hessian probe on the trained model); its frame comes back in ``extra``.
         isolation: ``"process"`` (train in a child process; the default, see the module
             docstring) or ``"thread"`` (train in the worker thread).
+        label: a name for the run (the Arena's lane name), kept in its meta and shown by the
+            Runs app beside the run id; at most 100 characters are kept.
     """
 
     def __init__(self, cfg: TrainConfig, *, probes: dict | None = None, probe_every: int = 0,
                  store: RunStore | None = None, after: Callable | None = None,
-                 slots: TrainingSlots | None = None, isolation: str | None = None):
+                 slots: TrainingSlots | None = None, isolation: str | None = None,
+                 label: str | None = None):
         self.cfg, self.store, self.after = cfg, store, after
+        self.label = (label or "")[:100]
         isolation = isolation or default_isolation()
         check_choice("isolation", isolation, ISOLATIONS)
         if isolation == "process" and not (worker_available() and _picklable((cfg, probes, after))):
@@ -289,6 +293,8 @@ class Job:
                         self._on_step, self._on_probe, self._set_state)
             finally:
                 self.slots.release()
+            if self.label:
+                run.meta["label"] = self.label
             if self.store is not None and run.status in SAVED_STATUSES:
                 try:
                     self.store.save(run)

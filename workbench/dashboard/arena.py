@@ -269,7 +269,8 @@ class Arena(SessionApp):
             self.progress[i].max, self.progress[i].value = cfg.steps, 0
             self.lane_status[i].object = f"**{names[i]}**: waiting to start"
             mine = {n: f for n, f in probes.items() if n != "depth_variance" or i not in skipped}
-            job = Job(cfg, probes=mine, probe_every=self.probe_every, store=self.store)
+            job = Job(cfg, probes=mine, probe_every=self.probe_every, store=self.store,
+                      label=names[i])
             self.jobs[i] = job
             job.start()
         for i in set(range(NUM_LANES)) - {i for i, _ in configs}:  # off: nothing of the last run

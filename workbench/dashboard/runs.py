@@ -20,21 +20,24 @@ from ..store.run import STATUSES
 from ..viz.curves import metric_curves
 from ._session import SessionApp, page, plotly_pane
 
-SEARCHED = ("run_id", "model", "norm", "dataset", "optimizer", "status")
+SEARCHED = ("run_id", "label", "model", "norm", "dataset", "optimizer", "status")
 MAX_QUERY = 100
 # the table's column order: what tells runs apart and how they ended first, bookkeeping last
-COLUMNS = ("run_id", "status", "final_loss", "test_accuracy", "model", "norm", "dataset",
+COLUMNS = ("run_id", "status", "final_loss", "test_accuracy", "label", "model", "norm", "dataset",
            "optimizer", "batch_size", "lr", "steps", "seed", "wall_time", "started_at")
 
 
 def _label(row) -> str:
-    return f"{row.run_id} · {row.model}/{row.norm} B={row.batch_size} {row.optimizer} · {row.status}"
+    """A run in the compare list: its id, its Arena lane name (when it has one), what it trained."""
+    name = f"{row.label} · " if getattr(row, "label", "") else ""
+    return (f"{row.run_id} · {name}{row.model}/{row.norm} B={row.batch_size} {row.optimizer} · "
+            f"{row.status}")
 
 
 class RunBrowser(SessionApp):
     """Browse, compare and export stored runs; one instance per browser session."""
 
-    query = param.String(default="", label="Filter (text in id, model, norm, data, optimizer)")
+    query = param.String(default="", label="Filter (text in id, name, model, norm, data, optimizer)")
     status_filter = param.Selector(objects=["any", *STATUSES], default="any", label="Status")
     selected = param.ListSelector(default=[], objects=[], label="Runs to compare")
     metric = param.Selector(objects=["loss", "accuracy", "grad_norm", "weight_norm", "lr",

@@ -107,7 +107,8 @@ class Run:
     def summary(self) -> dict:
         """One line of facts about the run, as shown by ``python -m workbench runs``."""
         m = self.config.get("model", {})
-        out = {"run_id": self.run_id, "status": self.status, "model": m.get("kind"),
+        out = {"run_id": self.run_id, "label": self.meta.get("label", ""),
+               "status": self.status, "model": m.get("kind"),
                "norm": m.get("norm"), "dataset": self.config.get("data", {}).get("name"),
                "optimizer": self.config.get("optimizer"), "batch_size": self.config.get("batch_size"),
                "lr": self.config.get("lr"), "seed": self.config.get("seed"),
