@@ -22,6 +22,7 @@ the forkserver start method (Windows), falls back to the thread.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import threading
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .._validate import check_choice
@@ -51,6 +53,7 @@ MAX_DEPTH = 8     # MLP layers, ConvNet stages, transformer blocks
 # transformer at the width and depth limits has ~6.3M.
 MAX_PARAMS = 8_000_000
 REFRESH_MS = 200  # 5 plot updates a second
+TESTS_PER_RUN = 10  # test-set evaluations of a dashboard run, at most
 ISOLATIONS = ("process", "thread")
 # after Stop, how long a training process may take to end by itself (it checks between steps)
 # before it is terminated: while starting up or measuring it checks nothing
@@ -175,6 +178,31 @@ def count_parameters(cfg: TrainConfig) -> int:
     with torch.device("meta"):
         model = build_model(cfg.model_for(data))
     return sum(p.numel() for p in model.parameters())
+
+
+def eval_every(steps: int) -> int:
+    """``TrainConfig.eval_every`` for a dashboard run of ``steps`` steps: every ceil(steps / 10)
+    steps, so at most :data:`TESTS_PER_RUN` evaluations (the last after the last step)."""
+    return -(-steps // TESTS_PER_RUN)
+
+
+def add_test_points(points, metric: str, into: tuple[list, list]) -> None:
+    """Append to ``into`` (steps, values) the test-set ``metric`` that the trainer's callback
+    carries after an evaluation (``test_<metric>``, of the weights after the step: step + 1)."""
+    steps, values = into
+    for step, m in points:
+        v = m.get(f"test_{metric}")
+        if v is not None and math.isfinite(v):
+            steps.append(step + 1)
+            values.append(v)
+
+
+def eval_points(run: Run, metric: str) -> tuple[list, list]:
+    """(steps, values) of a finished run's every finite test-set ``metric``, the evaluation
+    after its last step included."""
+    s = run.metric(metric, "eval").sort_index()
+    s = s[np.isfinite(s.to_numpy())]
+    return s.index.tolist(), s.tolist()
 
 
 def check_model_size(cfg: TrainConfig) -> TrainConfig:

@@ -5,7 +5,7 @@ State: :class:`Lane` (one strategy, a ``param.Parameterized`` turned into a ``Tr
 enabled lane (a bad one gives a message naming the lane; nothing starts), then starts one
 :class:`~._jobs.Job` per lane; ``refresh()`` moves what the workers buffered into the figures,
 progress bars and status lines. A diverged lane gets a red ``x`` and the others go on.
-Each lane's test-set loss and accuracy (evaluated up to :data:`TESTS_PER_RUN` times per run, in eval
+Each lane's test-set loss and accuracy (evaluated up to ``TESTS_PER_RUN`` times per run, in eval
 mode) are drawn dashed next to its smoothed training curves: the claims about generalization
 (BatchNorm at micro-batch 1, large batches) show only there.
 """
@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 import param
 
@@ -31,10 +30,13 @@ from ._jobs import (
     MAX_STEPS,
     SLOTS,
     Job,
+    add_test_points,
     check_limits,
     check_model_size,
     data_config,
     datasets_for,
+    eval_every,
+    eval_points,
     store_for,
 )
 from ._session import FORM_WIDTH, SessionApp, page, param_form, plotly_pane
@@ -46,7 +48,6 @@ ARENA_PROBES = ("smoothness_small", "hessian_top_eigs", "depth_variance", "chann
 PROBE_BUDGET = {"hessian_top_eigs": {"max_iter": 20, "tol": 1e-2}}
 ROW_PROBE = {"smoothness_small": "smoothness"}  # the probe column of a choice's rows
 NUM_LANES = 4
-TESTS_PER_RUN = 10  # test-set evaluations per lane, at most (every ceil(steps / 10) steps)
 CURVES = ("loss", "accuracy")
 
 
@@ -151,7 +152,7 @@ class Lane(param.Parameterized):
                           batch_size=self.batch_size, micro_batch=self.micro_batch or None,
                           optimizer=self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
                           warmup_steps=self.warmup_steps, lr_decay=self.lr_decay, seed=self.seed,
-                          eval_every=-(-steps // TESTS_PER_RUN), **growth)
+                          eval_every=eval_every(steps), **growth)
         return check_model_size(cfg)
 
 
@@ -328,15 +329,11 @@ class Arena(SessionApp):
             if points:
                 changed = True
                 for metric, curve in self._curves[i].items():
-                    steps, values = self._tests[i][metric]
                     for step, m in points:
                         v = m.get(metric)
                         if v is not None and math.isfinite(v):
                             curve.add(step, v)
-                        v = m.get(f"test_{metric}")  # the weights after the step
-                        if v is not None and math.isfinite(v):
-                            steps.append(step + 1)
-                            values.append(v)
+                    add_test_points(points, metric, self._tests[i][metric])
                 self._last[i] = points[-1]  # bar and status line: once a second, in _draw
             elif job.state == "queued":
                 self.lane_status[i].object = f"**{self._names[i]}**: {SLOTS.describe()}"
@@ -403,13 +400,8 @@ class Arena(SessionApp):
         self.jobs[i] = None
         run, name = job.result, self._names[i]
         note = f" ({job.saved})" if job.saved else ""
-        frame = run.frame
-        if len(frame) and self._tests[i]:  # every evaluation, the one after the last step too
-            tested = frame[frame["probe"] == "eval"]
-            tested = tested[np.isfinite(tested["value"].to_numpy())]
-            for metric in CURVES:
-                rows = tested[tested["metric"] == metric].sort_values("step")
-                self._tests[i][metric] = (rows["step"].tolist(), rows["value"].tolist())
+        if len(run.frame) and self._tests[i]:  # every evaluation, the one after the last step too
+            self._tests[i] = {metric: eval_points(run, metric) for metric in CURVES}
         self.progress[i].value = min(run.steps_done, self.progress[i].max)
         if run.status == "finished":
             self.progress[i].value = self.progress[i].max

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 import param
 
@@ -28,10 +27,13 @@ from ._jobs import (  # noqa: E402
     DEFAULT_NORM,
     MAX_STEPS,
     Job,
+    add_test_points,
     check_limits,
     check_model_size,
     data_config,
     datasets_for,
+    eval_every,
+    eval_points,
     norms_for,
 )
 from ._session import FORM_WIDTH, SessionApp, plotly_pane  # noqa: E402
@@ -103,7 +105,7 @@ class LiveTraining(SessionApp):
         return check_model_size(TrainConfig(
             model=model_cfg, data=data_config(self.dataset), steps=self.steps,
             batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed,
-            eval_every=-(-self.steps // 10)))  # the test loss, up to ten times per run
+            eval_every=eval_every(self.steps)))
 
     def start(self) -> bool:
         """Validate the controls and start a training Job; False if it did not start."""
@@ -123,7 +125,7 @@ class LiveTraining(SessionApp):
         self.clear_error()
         self._config = cfg
         self._xs, self._ys = [], []
-        self._tests: tuple[list, list] = ([], [])  # (steps, test losses), as evaluated
+        self._tests = ([], [])
         self.figure = live_loss_figure(log_y=self.log_y,
                                        title=f"loss: {self.model}/{self.norm}, {self.dataset}, "
                                              f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}")
@@ -161,10 +163,7 @@ class LiveTraining(SessionApp):
                 if math.isfinite(loss):  # NaN/inf are not JSON; divergence gets a marker instead
                     self._xs.append(step)
                     self._ys.append(loss)
-                test = metrics.get("test_loss")  # every eval_every steps: the weights after it
-                if test is not None and math.isfinite(test):
-                    self._tests[0].append(step + 1)
-                    self._tests[1].append(test)
+            add_test_points(points, "loss", self._tests)
             trace = self.figure.data[0]
             trace.x, trace.y = thin(self._xs, self._ys)
             self.figure.data[1].x, self.figure.data[1].y = self._tests
@@ -182,14 +181,13 @@ class LiveTraining(SessionApp):
         self.stop_periodic()
         self.train_button.disabled, self.stop_button.disabled = False, True
         note = f" ({saved})" if saved else ""
-        tested = run.frame[(run.frame["probe"] == "eval") & (run.frame["metric"] == "loss")]
-        tested = tested[np.isfinite(tested["value"].to_numpy())].sort_values("step")
-        if len(tested):  # every evaluation, the one after the last step too
-            self.figure.data[1].x, self.figure.data[1].y = tested["step"].tolist(), tested["value"].tolist()
+        steps, tested = eval_points(run, "loss")
+        if tested:  # every evaluation, the one after the last step too
+            self.figure.data[1].x, self.figure.data[1].y = steps, tested
             self.plot.param.trigger("object")
         if run.status == "finished":
             self.progress.value = self.progress.max
-            test = f", test loss {tested['value'].iloc[-1]:.4g}" if len(tested) else ""
+            test = f", test loss {tested[-1]:.4g}" if tested else ""
             self.status.object = (f"finished: final loss {run.final('loss'):.4g}{test} after "
                                   f"{run.steps_done} steps in {run.wall_time:.1f} s{note}")
         elif run.status == "diverged":
