@@ -117,6 +117,7 @@ def test_test_points_stream_in_while_training(app):
     assert app.start()
     _wait(lambda: app.refresh() or len(app._tests[0]["accuracy"][0]) >= 2)
     assert app.running
+    app._next_slow = 0.0  # the accuracy figure is redrawn once a second: now
     app._draw()
     assert list(app.acc_fig.data[4].x[:2]) == [200, 400]
     assert all(0 <= v <= 1 for v in app.acc_fig.data[4].y)
@@ -212,6 +213,15 @@ def test_a_diverged_lane_is_marked_and_the_other_goes_on(app):
     markers = [t for t in app.loss_fig.data if t.mode == "markers"]
     assert len(markers) == 1 and markers[0].marker.symbol == "x"
     assert len(app.loss_fig.data[0].x) == 60
+
+
+def test_a_lane_named_diverged_is_drawn_like_any_other(app):
+    app.steps = 20
+    app.lanes[0].label = "diverged"  # a name, not a status: its curve must still be drawn
+    assert app.start()
+    _run_to_end(app)
+    assert app.loss_fig.data[0].name == "diverged"
+    assert len(app.loss_fig.data[0].x) == 20 and len(app.acc_fig.data[0].x) == 20
 
 
 def test_every_preset_sets_four_valid_distinct_lanes(app):

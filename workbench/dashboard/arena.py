@@ -367,9 +367,10 @@ class Arena(SessionApp):
                 self.lane_status[i].object = (f"**{self._names[i]}**: step "
                                               f"{step + 1}/{self.progress[i].max}, "
                                               f"loss {metrics['loss']:.4g}{size}")
-            for fig, metric in ((self.loss_fig, "loss"), (self.acc_fig, "accuracy")):
+            # the accuracy figure is sent once a second: its traces are set only then
+            for fig, metric in ((self.loss_fig, "loss"),) + ((self.acc_fig, "accuracy"),) * slow:
                 curve = self._curves[i].get(metric)
-                if curve is not None and i < len(fig.data) and fig.data[i].name != "diverged":
+                if curve is not None and i < len(fig.data):
                     fig.data[i].x, fig.data[i].y = thin(curve.xs, curve.drawn)
                 tested = self._tests[i].get(metric)
                 if tested is not None and NUM_LANES + i < len(fig.data):
