@@ -63,6 +63,17 @@ def test_a_run_named_in_the_arena_is_listed_and_found_by_its_name(tmp_path):
     ((name, run_id),) = b.param.selected.names.items()  # the compare list: id · name · setup
     assert run_id == run.run_id and name.startswith(f"{run.run_id} · GN+WS · mlp/")
     assert "label" in b.table.value.columns
+    # the compare plot's legend names it too; a run without a name keeps its bare id
+    b.query = ""
+    b.select_shown()
+    legend = sorted(t.name for t in b.plot.object.data if t.showlegend is not False)
+    unnamed = next(r for r in b.summary["run_id"] if r != run.run_id)
+    assert legend == sorted([f"{run.run_id} · GN+WS", unnamed])
+    run.meta["label"] = "x" * 100  # the longest label the Arena keeps: cut in the legend
+    store.save(run)
+    b.reload()
+    b.select_shown()
+    assert f"{run.run_id} · {'x' * 39}…" in [t.name for t in b.plot.object.data]
 
 
 def test_export_csv_and_parquet_of_the_selection(store_root):

@@ -32,6 +32,14 @@ def _last_step(page, nth: int = 0, trace: int = 0) -> float:
         f"gd => ((gd.data[{trace}] || {{}}).x || [-1]).slice(-1)[0]")
 
 
+def _ytick_labels(page, nth: int = 0) -> list[tuple[str, float, float]]:
+    """``(text, top, bottom)`` of every y tick label drawn on a plot, top to bottom."""
+    return page.locator(".js-plotly-plot").nth(nth).evaluate(
+        """gd => [...gd.querySelectorAll('.ytick text')].map(t => {
+            const r = t.getBoundingClientRect(); return [t.textContent, r.top, r.bottom]; })
+            .sort((a, b) => a[1] - b[1])""")
+
+
 def _set(page, label: str, value) -> None:
     box = page.get_by_role("textbox", name=label, exact=True).first
     box.fill(str(value))
@@ -121,6 +129,11 @@ def test_arena_preset_runs_to_the_end(page, live_server, screenshot):
         assert _last_step(page, trace=4 + lane) == 40
     page.get_by_text("LAMB", exact=True).first.wait_for()
     page.get_by_text("LAMB (test)", exact=True).first.wait_for()
+    # the log loss axis spans about a decade: its labels (1, 2, 5 per decade) do not overlap
+    # (plotly's own choice labels every digit there, and 7, 8, 9 print over each other)
+    labels = _ytick_labels(page)
+    assert len(labels) >= 3, labels
+    assert all(below[1] >= above[2] for above, below in zip(labels, labels[1:])), labels
     screenshot("finished")
 
 

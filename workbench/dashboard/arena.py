@@ -22,7 +22,7 @@ from ..models import MODELS
 from ..norms import NORMS
 from ..train import OPTIMIZERS, TrainConfig
 from ..train.schedules import BATCH_SCHEDULES, LR_DECAY, LR_SCALING
-from ..viz.curves import SmoothedCurve, diverged_marker, smoothed_title
+from ..viz.curves import SmoothedCurve, diverged_marker, set_log_y, smoothed_title
 from ..viz.lanes import lanes_figure, probe_summary, probes_figure, thin
 from ._jobs import (
     DEFAULT_DATA,
@@ -302,7 +302,7 @@ class Arena(SessionApp):
 
     @param.depends("log_y", watch=True)
     def _log_axis(self) -> None:
-        self.loss_fig.update_yaxes(type="log" if self.log_y else "linear")
+        set_log_y(self.loss_fig, self.log_y)
         self.loss_plot.param.trigger("object")
 
     @param.depends("smoothing", watch=True)

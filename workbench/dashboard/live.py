@@ -18,7 +18,7 @@ import param
 from ..models import MODELS
 from ..store import RunStore
 from ..train import OPTIMIZERS, TrainConfig
-from ..viz.curves import diverged_marker, live_loss_figure
+from ..viz.curves import diverged_marker, live_loss_figure, set_log_y
 from ..viz.lanes import thin
 
 # Helpers, limits and the server-wide training slots are shared with the other dashboards.
@@ -89,7 +89,7 @@ class LiveTraining(SessionApp):
 
     @param.depends("log_y", watch=True)
     def _update_axis(self):
-        self.figure.update_yaxes(type="log" if self.log_y else "linear")
+        set_log_y(self.figure, self.log_y)
         self.plot.param.trigger("object")
 
     # -- state ---------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ COLUMNS = ("run_id", "status", "final_loss", "test_accuracy", "label", "model", 
            "optimizer", "batch_size", "lr", "steps", "seed", "wall_time", "started_at")
 
 
+LEGEND_LABEL = 40  # characters of a run's label in the compare plot's legend
+
+
 def _label(row) -> str:
     """A run in the compare list: its id, its Arena lane name (when it has one), what it trained."""
     name = f"{row.label} · " if getattr(row, "label", "") else ""
@@ -75,9 +78,13 @@ class RunBrowser(SessionApp):
 
     # -- state ---------------------------------------------------------------------------------
     def reload(self) -> None:
-        """Re-read the store's summaries (a run saved by the Arena shows up here)."""
+        """Re-read the store's summaries (a run saved by the Arena shows up here) and redraw: a
+        run saved again under its id may have new rows, a new status or a new name."""
+        before = list(self.selected)
         self.summary = self.store.summary()
         self.apply_filter()
+        if self.selected == before:  # else the selection's change has redrawn already
+            self.draw()
 
     def shown(self) -> pd.DataFrame:
         """The stored runs that pass the text and status filters."""
@@ -130,12 +137,28 @@ class RunBrowser(SessionApp):
     def draw(self) -> None:
         frame = self.frame()
         status = dict(zip(self.summary.get("run_id", []), self.summary.get("status", []), strict=False))
+        # a line per run, named by its id and (an Arena run) its lane's name in the legend
+        frame = frame.assign(run=frame["run_id"].map(self._legend_names()))
         fig = metric_curves(frame, metric=self.metric, probe=self.probe, log_y=self.log_y,
-                            status=status, smoothing=self.smoothing,
+                            status=status, smoothing=self.smoothing, color="run",
                             title=f"{self.metric} ({self.probe}) of {len(self.selected)} runs")
         self.plot.object = fig
         self.status.object = (f"{len(self.shown())} of {len(self.summary)} stored runs shown, "
                               f"{len(self.selected)} selected")
+
+    def _legend_names(self) -> dict[str, str]:
+        """``{run_id: "<run_id> · <label>"}``, the bare id for a run without a label; a label
+        over :data:`LEGEND_LABEL` characters is cut there (a legend entry takes the plot's width)."""
+        df = self.summary
+        if df.empty:
+            return {}
+        labels = df["label"] if "label" in df else pd.Series("", index=df.index)
+        names = {}
+        for run_id, label in zip(df["run_id"], labels, strict=True):
+            if isinstance(label, str) and len(label) > LEGEND_LABEL:
+                label = label[:LEGEND_LABEL - 1] + "…"
+            names[run_id] = f"{run_id} · {label}" if isinstance(label, str) and label else run_id
+        return names
 
     def export_csv(self) -> io.BytesIO:
         return io.BytesIO(self.frame().to_csv(index=False).encode())

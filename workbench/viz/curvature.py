@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .curves import MARGIN, labelled_hline
+from .curves import MARGIN, labelled_hline, set_log_y
 
 
 def _metric(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -50,8 +50,7 @@ def density_figure(frame: pd.DataFrame, *, floor: float = 1e-5):
                                  line={"dash": "dash"} if b == full else {}))
     if low is not None:
         # 1e-4, not plotly's SI default "100μ"
-        fig.update_yaxes(type="log", range=[np.log10(low), np.log10(top) + 0.3],
-                         exponentformat="e")
+        set_log_y(fig, range=[np.log10(low), np.log10(top) + 0.3], exponentformat="e")
     return _layout(fig, "Hessian spectral density per batch size", "eigenvalue", "density",
                    log_x=False)
 
@@ -77,7 +76,7 @@ def lambda_max_figure(frame: pd.DataFrame):
     # data, and the fit (on relative residuals) is judged on this scale
     values = np.concatenate([*drawn, [full] if np.isfinite(full) else []])
     if len(values) and (values > 0).all():
-        fig.update_yaxes(type="log")
+        set_log_y(fig)
     if np.isfinite(full):
         labelled_hline(fig, full, f"full data {full:.3g}")
     return fig
@@ -119,7 +118,7 @@ def stable_lr_figure(frame: pd.DataFrame, *, optimizer: str = "sgd", run_lr: flo
                                  name=f"this run: B={run_batch_size}, lr={run_lr:g}"))
     title = "largest stable learning rate" + (f" ({what})" if what else "")
     _layout(fig, title, "batch size B", "learning rate")
-    fig.update_yaxes(type="log")
+    set_log_y(fig)
     if len(full) and np.isfinite(full["value"].iloc[0]):
         v = float(full["value"].iloc[0])
         labelled_hline(fig, v, f"full data {v:.3g}")

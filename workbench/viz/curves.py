@@ -160,7 +160,7 @@ def metric_curves(frame: pd.DataFrame, metric: str = "loss", probe: str = "train
                       template="plotly_white", margin=MARGIN,
                       legend_title_text=" / ".join(keys))
     if log_y:
-        fig.update_yaxes(type="log")
+        set_log_y(fig)
     return fig
 
 
@@ -175,8 +175,18 @@ def live_loss_figure(title: str = "training loss", log_y: bool = True):
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", template="plotly_white",
                       margin=MARGIN, uirevision="live", legend={"orientation": "h", "y": -0.2})
     if log_y:
-        fig.update_yaxes(type="log")
+        set_log_y(fig)
     return fig
+
+
+def set_log_y(fig, log: bool = True, **axis) -> None:
+    """Make every y axis of ``fig`` logarithmic (``log``) or linear, with ``axis`` options.
+
+    A log axis asks for about 3 ticks: on a short plot spanning a decade or so, plotly's own choice
+    labels every digit (1, 2, 3, ... 9 in each decade), and 7, 8 and 9 print over each other. With 3
+    it labels 1, 2 and 5 per decade, whole decades over a wider span, and plain values within one
+    decade. A linear axis gets plotly's automatic count back."""
+    fig.update_yaxes(type="log" if log else "linear", nticks=3 if log else 0, **axis)
 
 
 def labelled_hline(fig, value: float, text: str, *, dash: str = "dash"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .curves import MARGIN
+from .curves import MARGIN, set_log_y
 
 
 def _block(layer: str) -> int:
@@ -52,5 +52,5 @@ def depth_lines(frames: dict[str, pd.DataFrame], metric: str = "stream_out_varia
                       yaxis_title=metric, template="plotly_white", margin=MARGIN,
                       legend={"orientation": "h", "y": -0.25})
     fig.update_xaxes(tickmode="linear", tick0=0, dtick=1)  # blocks are whole numbers
-    fig.update_yaxes(type="log" if positive else "linear")
+    set_log_y(fig, positive)
     return fig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .curves import MARGIN
+from .curves import MARGIN, set_log_y
 
 LANE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 # The one number a probe is drawn by in the Arena (the others are in its frame and the store).
@@ -40,7 +40,7 @@ def lanes_figure(names: list[str], *, metric: str = "loss", log_y: bool = False,
                       template="plotly_white", margin=MARGIN, uirevision="lanes",
                       legend={"orientation": "h", "y": -0.2}, height=height)
     if log_y:
-        fig.update_yaxes(type="log")
+        set_log_y(fig)
     return fig
 
 
