@@ -352,3 +352,9 @@ def test_recorded_lr_follows_the_schedule_every_step():
                       warmup_steps=5, decay="cosine") for s in range(30)]
     assert lr.tolist() == pytest.approx(expected)
     assert len(set(lr.round(12))) == 29  # new value every step, but warm-up ends where cosine starts
+
+
+def test_the_finished_progress_bar_shows_the_last_steps_loss(capsys):
+    run = train(TrainConfig.smoke().replace(steps=12), progress=True)
+    last = capsys.readouterr().err.split("\r")[-1]  # the bar as it was left
+    assert "12/12" in last and f"loss={run.metric('loss').iloc[-1]:.4f}" in last, last

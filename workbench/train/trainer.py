@@ -440,9 +440,11 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             if callback:
                 callback(step, metrics)
             if bar is not None:
+                # shown with the count, at tqdm's own pace (refresh=True would redraw every 10
+                # steps); the last step's loss is the one the finished bar keeps
+                if step % 10 == 0 or step == cfg.steps - 1:
+                    bar.set_postfix(loss=f"{vals[0]:.4f}", refresh=False)
                 bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{vals[0]:.4f}")
         else:
             run.status = "finished"
         if run.status in ("finished", "cancelled") and run.steps_done:
