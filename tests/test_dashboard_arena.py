@@ -194,6 +194,10 @@ def test_stop_cancels_every_lane_within_a_second(app):
      "the batch size 32, got 32"),
     (lambda a: a.lanes[1].param.update(batch_schedule="norm_test", max_batch=4096),
      "batch size must be at most 1024 in the dashboard, got 4096"),
+    # the same settings in two lanes (names aside): one seeded run, trained twice
+    (lambda a: a.lanes[2].param.update(**{k: v for k, v in a.lanes[0].param.values().items()
+                                          if k not in ("name", "label")}, label="copy"),
+     "lanes 1 and 3 have the same settings"),
 ])
 def test_bad_input_shows_a_message_and_starts_nothing(app, setup, message):
     setup(app)

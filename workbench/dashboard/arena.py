@@ -235,6 +235,13 @@ class Arena(SessionApp):
                 raise ValueError(f"lane {i + 1} ({lane.describe()}): {exc}") from None
         if not out:
             raise ValueError("no lane is enabled: tick 'Train this lane' on at least one")
+        first: dict[str, int] = {}
+        for i, cfg in out:  # a seeded run repeats exactly: the same curves, one stored run
+            j = first.setdefault(cfg.run_id, i)
+            if j != i:
+                raise ValueError(f"lanes {j + 1} and {i + 1} have the same settings, so they would "
+                                 "train the same run twice (training is seeded): change one, e.g. "
+                                 "its seed, or turn it off")
         return out
 
     def start(self) -> bool:
