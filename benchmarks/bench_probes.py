@@ -14,7 +14,9 @@ the overhead of the ``standard`` preset on a training run at its default schedul
    interleaved rounds, medians of the step-loop wall time (and of the whole ``train()`` call,
    which adds building the run's frame after the loop); then the preset's probes one by one
    (as plain callables, so the trainer neither runs them together nor inside the step) and each
-   alone, to attribute the overhead. Target: under 10%. The preset runs as one probe that
+   alone (inside the step, as the trainer runs a registered one), to attribute the overhead; and
+   the same cost attributed within each run (its probe steps against its ordinary steps: steadier
+   than comparing runs on a shared machine). Target: under 10%. The preset runs as one probe that
    reuses the training step's forward pass and gradient (``workbench.probes.together``): its
    cost is the two smoothness passes plus bookkeeping. The floor those two passes set is printed.
    3a. the same MLP at other run lengths (the default schedule probes ~11 times per run, so the
@@ -35,6 +37,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from workbench.data import DataConfig, make_dataset
@@ -144,27 +147,45 @@ def landscape_vs_peer(ds, batch_size: int, reps: int, peer_site: str | None) -> 
           "(target: > 1)")
 
 
-def _step_loop_times(cfg, variants: dict, rounds: int,
-                     totals: dict | None = None) -> dict[str, list[float]]:
+def _step_loop_times(cfg, variants: dict, rounds: int, totals: dict | None = None,
+                     clocks: dict | None = None) -> dict[str, list[float]]:
     """Step-loop wall times of ``train(cfg, probes=...)`` for every ``{label: probes}``: one
     warm-up run each, then ``rounds`` interleaved rounds (every variant once per round).
     ``totals``: filled with the whole ``train()`` call's times too (data, model, the frame
-    built after the loop)."""
+    built after the loop); ``clocks``: with each run's per-step ``wall_time`` (seconds since the
+    loop started, at the end of each step's bookkeeping)."""
     def wall(probes):
         t0 = time.perf_counter()
         run = train(cfg, probes=probes)
-        return run.metric("wall_time").iloc[-1], time.perf_counter() - t0
+        clock = run.metric("wall_time").to_numpy()
+        return clock, time.perf_counter() - t0
 
     for probes in variants.values():
         wall(probes)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for k, probes in variants.items():
-            loop, total = wall(probes)
-            times[k].append(loop)
+            clock, total = wall(probes)
+            times[k].append(float(clock[-1]))
             if totals is not None:
                 totals.setdefault(k, []).append(total)
+            if clocks is not None:
+                clocks.setdefault(k, []).append(clock)
     return times
+
+
+def probe_step_excess(clock, probe_steps: set[int]) -> tuple[float, float]:
+    """``(seconds, share)``: what the probe steps of one run cost beyond ordinary steps, from
+    that run's own step clock, so that the machine's drift between runs cancels out.
+
+    The steps where probes ran, and the steps right after them (a probe's work may land in
+    either, depending on where the clock is read), are compared with the median of all other
+    steps of the same run; ``share`` is the excess over the run's loop time without it."""
+    durations = np.diff(np.concatenate([[0.0], clock]))
+    touched = sorted({s for p in probe_steps for s in (p, p + 1) if s < len(durations)})
+    others = np.delete(durations, touched)
+    excess = float(np.sum(durations[touched] - np.median(others)))
+    return excess, excess / (float(clock[-1]) - excess)
 
 
 def preset_overhead(steps: int, rounds: int) -> None:
@@ -179,7 +200,8 @@ def preset_overhead(steps: int, rounds: int) -> None:
     variants = {"none": None, "standard": "standard", "cheap (no smoothness)": "cheap",
                 "standard, one by one": one_by_one, **{name: [name] for name in preset}}
     totals: dict[str, list[float]] = {}
-    times = _step_loop_times(cfg, variants, rounds, totals)
+    clocks: dict[str, list] = {}
+    times = _step_loop_times(cfg, variants, rounds, totals, clocks)
     b_med, b_min = statistics.median(times["none"]), min(times["none"])
     print(f"  {'probes':24s} {'median s':>9s} {'overhead':>9s} {'min s':>7s} {'overhead':>9s}")
     for k, ts in times.items():
@@ -191,6 +213,16 @@ def preset_overhead(steps: int, rounds: int) -> None:
     probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
     print(f"  floor of the two smoothness passes: {probe_steps} probe steps x 2 passes / {steps} "
           f"steps = {100 * 2 * probe_steps / steps:.1f}% (if a pass costs a training step)")
+    # the same cost attributed within each run: the probe steps against that run's other steps
+    # (the A/B medians above compare runs, whose speed drifts by several percent on a shared
+    # machine; this is steadier, but it leaves out any slowing of the steps that follow)
+    scheduled = {s for s in range(steps) if every(max(1, steps // 10))(s, steps)}
+    excess = [probe_step_excess(c, scheduled) for c in clocks["standard"]]
+    print(f"  within each 'standard' run: its {probe_steps} probe steps cost "
+          f"{1e3 * statistics.median(e for e, _ in excess):.1f} ms more than as many ordinary "
+          f"steps -> {100 * statistics.median(r for _, r in excess):.1f}% of the loop "
+          f"(median of {rounds} runs; range {100 * min(r for _, r in excess):.1f}–"
+          f"{100 * max(r for _, r in excess):.1f}%)")
     whole = {k: statistics.median(totals[k]) for k in ("none", "standard")}
     print(f"  whole train() call (data, model, the frame built after the loop), medians: none "
           f"{whole['none']:.3f} s, standard {whole['standard']:.3f} s -> "

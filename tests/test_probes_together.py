@@ -9,9 +9,9 @@ import torch
 
 from workbench.data import DataConfig, make_dataset
 from workbench.models import ConvNetConfig, MLPConfig, build_model, fit_to_data
-from workbench.probes import channel_health, layer_norms, smoothness, smoothness_small
+from workbench.probes import PROBES, channel_health, layer_norms, smoothness, smoothness_small
 from workbench.probes._tidy import tidy_parts
-from workbench.probes.together import Together, run_together
+from workbench.probes.together import FUSABLE, Together, run_together
 from workbench.train import TrainConfig, every, resolve_probes, train
 from workbench.utils import preserved_state
 
@@ -122,6 +122,20 @@ def test_training_with_the_preset_gives_the_probes_rows_and_the_same_curve(norm,
     pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
 
 
+@pytest.mark.parametrize("name", FUSABLE)
+def test_one_probe_alone_runs_in_the_step_with_the_rows_it_gives_before_the_step(name):
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm="batch"), data=SMALL, steps=9,
+                      batch_size=32, lr=0.07, eval_every=0)
+    in_step = train(cfg, probes=[name], schedule=every(4))
+    # the registered function as a plain callable: not wrapped, run before the step
+    before = train(cfg, probes={name: functools.partial(PROBES[name])}, schedule=every(4))
+    a, b = (r.frame[~r.frame.probe.isin(["train", "eval"])].sort_values(KEY, kind="stable", ignore_index=True)
+            for r in (in_step, before))
+    assert len(a) == len(b) > 0 and sorted(a.step.unique()) == [0, 4, 8]
+    pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
+    np.testing.assert_array_equal(in_step.metric("loss").values, train(cfg).metric("loss").values)
+
+
 def test_the_trainer_passes_its_learning_rate_to_smoothness():
     cfg = TrainConfig(model=MLPConfig(depth=2, width=16, norm="batch"), data=SMALL, steps=5,
                       batch_size=32, lr=0.2)
@@ -143,7 +157,12 @@ def test_the_trainer_passes_its_learning_rate_to_smoothness():
 def test_which_probe_lists_are_fused():
     assert [type(f) for f in resolve_probes("standard").values()] == [Together]
     assert list(resolve_probes("cheap")) == ["layer_norms+channel_health"]
-    assert list(resolve_probes(["channel_health"])) == ["channel_health"]
+    # one alone is wrapped too (it then runs inside the training step), under its own name
+    for name in FUSABLE:
+        ((key, fn),) = resolve_probes([name]).items()
+        assert key == name and isinstance(fn, Together) and fn.names == (name,)
+    custom = functools.partial(channel_health, mode="eval")  # not the registered defaults
+    assert resolve_probes({"channel_health": custom}) == {"channel_health": custom}
     both = resolve_probes(["smoothness", "smoothness_small", "layer_norms"])
     assert list(both) == ["smoothness", "smoothness_small", "layer_norms"]  # two grids: not fused
     mixed = resolve_probes(["hessian_trace", "layer_norms", "smoothness"])

@@ -74,10 +74,12 @@ def resolve_probes(probes) -> dict[str, Probe]:
 
 def _fuse(fns: dict[str, Probe], registry: Mapping[str, Probe]) -> dict[str, Probe]:
     """Replace the registered training-time probes that share their passes (layer norms, channel
-    health, smoothness) by one :func:`~workbench.probes.together.run_together` entry when two or
-    more of them are asked for: the same rows, under the same probe names, for less work."""
+    health, smoothness) by one :class:`~workbench.probes.together.Together` entry: the same rows,
+    under the same probe names, for less work. One of them alone is wrapped too, so that the
+    trainer runs it inside the step, on the step's own forward pass and gradient (alone,
+    ``layer_norms`` or ``channel_health`` would pay for a forward and backward of its own)."""
     shared = [n for n, fn in fns.items() if n in FUSABLE and fn is registry.get(n)]
-    if len(shared) < 2 or sum(n.startswith("smoothness") for n in shared) > 1:
+    if not shared or sum(n.startswith("smoothness") for n in shared) > 1:
         return fns
     out: dict[str, Probe] = {}
     for name, fn in fns.items():
@@ -238,8 +240,9 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             ``{name: fn}`` dict; each ``fn(model, (x, y), loss_fn) -> DataFrame`` is called on
             the step's batch before the update and its rows are tagged with ``run_id`` and ``step``.
             A probe with an ``lr`` keyword (smoothness, unless a partial fixed it) gets the
-            step's learning rate. Layer norms, channel health and smoothness asked for together
-            run as one probe sharing their passes (:mod:`workbench.probes.together`).
+            step's learning rate. Layer norms, channel health and smoothness (registered, with
+            their defaults), alone or together, run inside the training step as one probe sharing
+            their passes with it (:mod:`workbench.probes.together`).
         schedule: when probes run, ``schedule(step, total_steps) -> bool``; default
             ``every(max(1, steps // 10))``.
         store: a RunStore (or its root folder) to save the run to when it ends, whatever its status.
