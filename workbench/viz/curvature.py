@@ -49,8 +49,10 @@ def density_figure(frame: pd.DataFrame, *, floor: float = 1e-5):
                                  name="full data" if b == full else f"B={int(b)}",
                                  line={"dash": "dash"} if b == full else {}))
     if low is not None:
-        # 1e-4, not plotly's SI default "100μ"
-        set_log_y(fig, range=[np.log10(low), np.log10(top) + 0.3], exponentformat="e")
+        # 1e-4, not plotly's SI default "100μ"; five decades: plotly's own ticks (one a decade),
+        # not set_log_y's three
+        fig.update_yaxes(type="log", range=[np.log10(low), np.log10(top) + 0.3],
+                         exponentformat="e")
     return _layout(fig, "Hessian spectral density per batch size", "eigenvalue", "density",
                    log_x=False)
 
