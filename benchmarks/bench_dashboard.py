@@ -88,11 +88,13 @@ def first_render(browser) -> tuple[float, float]:
         proc.wait(10)
 
 
-def dashboard_round(browser, url: str, store, steps: int, sample: bool) -> tuple[float, float]:
+def dashboard_round(browser, url: str, store, steps: int, sample: bool,
+                    cpu: list | None = None) -> tuple[float, float]:
     """(updates per second seen by the browser, steps per second of the run).
 
     With ``sample=False`` the browser only renders (no polling from this process): the
     throughput of a user watching, without the measuring harness competing for the CPU.
+    ``cpu``: gets ``(Chromium's, the server's)`` CPU use in cores while the run trained.
     """
     page = browser.new_page(viewport={"width": 1300, "height": 820})
     page.goto(f"{url}/arena")
@@ -106,21 +108,30 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool) -> tuple
         box.fill(str(value))
         box.press("Enter")
     before = set(store.run_ids())
+    chromium = [p for p in _descendants(os.getpid()) if "chrom" in _cmdline(p)]
+    server = [p for p in _descendants(os.getpid()) if "serve_apps" in _cmdline(p)]
+    cpu0, t_start = (_cpu_seconds(chromium), _cpu_seconds(server)), time.perf_counter()
     page.get_by_role("button", name="Train", exact=True).click()
-    plot = page.locator(".js-plotly-plot").first
-    sample = "gd => ((gd.data[0] || {}).x || []).length"
-    while plot.evaluate(sample) == 0:
-        page.wait_for_timeout(20)
-    changes, last, t0 = 0, plot.evaluate(sample), time.perf_counter()
-    t_last = t0
-    while sample and time.perf_counter() - t0 < 4.0 and last < steps:  # while the run goes on
-        page.wait_for_timeout(20)
-        n = plot.evaluate(sample)
-        if n != last:
-            changes, t_last = changes + 1, time.perf_counter()
-        last = n
-    rate = changes / max(t_last - t0, 1e-9)  # changes per second while points were arriving
+    rate = float("nan")
+    if sample:  # (an unsampled round must not poll the page at all: that is the harness's CPU)
+        plot = page.locator(".js-plotly-plot").first
+        count = "gd => ((gd.data[0] || {}).x || []).length"
+        while plot.evaluate(count) == 0:
+            page.wait_for_timeout(20)
+        changes, last, t0 = 0, plot.evaluate(count), time.perf_counter()
+        t_last = t0
+        while time.perf_counter() - t0 < 4.0 and last < steps:  # while the run goes on
+            page.wait_for_timeout(20)
+            n = plot.evaluate(count)
+            if n != last:
+                changes, t_last = changes + 1, time.perf_counter()
+            last = n
+        rate = changes / max(t_last - t0, 1e-9)  # changes per second while points were arriving
     page.get_by_text("done: every lane has ended").wait_for(timeout=120_000)
+    wall = time.perf_counter() - t_start
+    if cpu is not None:  # what the page and the server cost while a run trained, in cores
+        cpu.append(((_cpu_seconds(chromium) - cpu0[0]) / wall,
+                           (_cpu_seconds(server) - cpu0[1]) / wall))
     page.close()
     # The server destroys the closed tab's session within ~2 s (server.py) and Panel runs a full
     # gc.collect() 5 s (panel.io.document.GC_DEBOUNCE) after that: ~0.4 s of a core. Let it pass
@@ -129,6 +140,18 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool) -> tuple
     (run_id,) = set(store.run_ids()) - before
     run = store.get(run_id)
     return rate, run.steps_done / run.frame.query("metric == 'wall_time'")["value"].max()
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (those still running)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -210,7 +233,7 @@ def main() -> None:
         store = RunStore(root)
         lane = Lane(seed=0)
         cfg = lane.build(steps=args.steps, width=WIDTH, depth=DEPTH)
-        rates, dash, plain, dash_pinned, plain_pinned = [], [], [], [], []
+        rates, dash, plain, dash_pinned, plain_pinned, shares = [], [], [], [], [], []
         all_cpus = os.sched_getaffinity(0)
         cpus = sorted(all_cpus)
         can_pin = len(cpus) >= 2
@@ -221,7 +244,8 @@ def main() -> None:
             rates.append(rate)
             for old in store.run_ids():
                 store.delete(old)
-            _, sps_quiet = dashboard_round(browser, url, store, args.steps, sample=False)
+            _, sps_quiet = dashboard_round(browser, url, store, args.steps, sample=False,
+                                           cpu=shares)
             dash.append(sps_quiet)
             run = train(cfg)
             plain.append(run.steps_done / run.frame.query("metric == 'wall_time'")["value"].max())
@@ -252,6 +276,11 @@ def main() -> None:
           f"steps/s -> {slow:+.1f}% slower in the dashboard (target <= 10%)")
     print(f"  spread over rounds (this machine's noise): plain loop {min(plain):.0f}–{max(plain):.0f}, "
           f"dashboard {min(dash):.0f}–{max(dash):.0f} steps/s")
+    if shares:
+        chromium, server = (sorted(c)[len(c) // 2] for c in zip(*shares))
+        print(f"  during those runs (unsampled rounds, medians): Chromium rendering the page used "
+              f"{chromium:.2f} cores, the server {server:.2f}, beside the training process's ~1 "
+              f"of this machine's {os.cpu_count()}")
     if dash_pinned:
         slow = 100 * (1 - max(dash_pinned) / max(plain_pinned))
         print(f"  pinned (training on its own core, browser and server on the other): dashboard "
