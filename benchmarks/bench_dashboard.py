@@ -19,7 +19,8 @@
    cores. (Earlier versions served in this process, beside Playwright's client, whose
    message handling then competed with the training thread for the GIL: a harness cost, not
    the dashboard's. Until 2026-11-25 the "unsampled" round polled the page every 20 ms too — a
-   shadowed flag — and reported +14 to +24% where the page alone costs +3 to +5%.)
+   shadowed flag — and reported +14 to +24%; without the polling, three runs gave +2.9, +5.2
+   and -1.6% (best rounds), +1.4, +10.5 and +7.2% (medians).)
    The unsampled rounds also give Chromium's and the server's CPU use, in cores.
 
     python benchmarks/bench_dashboard.py [--steps 1000] [--rounds 2]
