@@ -136,7 +136,7 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool,
     wall = time.perf_counter() - t_start
     if cpu is not None:  # what the page and the server cost while a run trained, in cores
         cpu.append(((_cpu_seconds(chromium) - cpu0[0]) / wall,
-                           (_cpu_seconds(server) - cpu0[1]) / wall))
+                    (_cpu_seconds(server) - cpu0[1]) / wall))
     page.close()
     # The server destroys the closed tab's session within ~2 s (server.py) and Panel runs a full
     # gc.collect() 5 s (panel.io.document.GC_DEBOUNCE) after that: ~0.4 s of a core. Let it pass
@@ -284,7 +284,7 @@ def main() -> None:
           f"{statistics.median(plain):.0f}, dashboard {statistics.median(dash):.0f} steps/s -> "
           f"{100 * (1 - statistics.median(dash) / statistics.median(plain)):+.1f}%")
     if shares:
-        chromium, server = (sorted(c)[len(c) // 2] for c in zip(*shares))
+        chromium, server = (statistics.median(c) for c in zip(*shares))
         print(f"  during those runs (unsampled rounds, medians): Chromium rendering the page used "
               f"{chromium:.2f} cores, the server {server:.2f}, beside the training process's ~1 "
               f"of this machine's {os.cpu_count()}")
