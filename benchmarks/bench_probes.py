@@ -174,6 +174,12 @@ def _step_loop_times(cfg, variants: dict, rounds: int, totals: dict | None = Non
     return times
 
 
+def default_probe_steps(steps: int) -> set[int]:
+    """The steps where ``train`` runs probes by default (``every(max(1, steps // 10))``)."""
+    schedule = every(max(1, steps // 10))
+    return {s for s in range(steps) if schedule(s, steps)}
+
+
 def probe_step_excess(clock, probe_steps: set[int]) -> tuple[float, float]:
     """``(seconds, share)``: what the probe steps of one run cost beyond ordinary steps, from
     that run's own step clock, so that the machine's drift between runs cancels out.
@@ -210,13 +216,13 @@ def preset_overhead(steps: int, rounds: int) -> None:
               f"{100 * (lo / b_min - 1):8.1f}%")
     # smoothness_small's two extra forward/backward passes alone, at this step's cost, cost
     # (probe steps x 2 / steps) of the run: the part no bookkeeping trim can remove
-    probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
+    scheduled = default_probe_steps(steps)
+    probe_steps = len(scheduled)
     print(f"  floor of the two smoothness passes: {probe_steps} probe steps x 2 passes / {steps} "
           f"steps = {100 * 2 * probe_steps / steps:.1f}% (if a pass costs a training step)")
     # the same cost attributed within each run: the probe steps against that run's other steps
     # (the A/B medians above compare runs, whose speed drifts by several percent on a shared
     # machine; this is steadier, but it leaves out any slowing of the steps that follow)
-    scheduled = {s for s in range(steps) if every(max(1, steps // 10))(s, steps)}
     excess = [probe_step_excess(c, scheduled) for c in clocks["standard"]]
     print(f"  within each 'standard' run: its {probe_steps} probe steps cost "
           f"{1e3 * statistics.median(e for e, _ in excess):.1f} ms more than as many ordinary "
@@ -241,7 +247,7 @@ def preset_overhead_by_length(lengths: list[int], rounds: int) -> None:
         times = _step_loop_times(cfg.replace(steps=steps), {"none": None, "standard": "standard"},
                                  rounds)
         base, std = statistics.median(times["none"]), statistics.median(times["standard"])
-        probe_steps = sum(every(max(1, steps // 10))(s, steps) for s in range(steps))
+        probe_steps = len(default_probe_steps(steps))
         print(f"  {steps:6d} {probe_steps:11d} {100 * (std / base - 1):8.1f}% "
               f"{1e3 * (std - base):13.1f}")
 

@@ -375,7 +375,8 @@ class Arena(SessionApp):
                                               f"{step + 1}/{self.progress[i].max}, "
                                               f"loss {metrics['loss']:.4g}{size}")
             # the accuracy figure is sent once a second: its traces are set only then
-            for fig, metric in ((self.loss_fig, "loss"),) + ((self.acc_fig, "accuracy"),) * slow:
+            figures = [(self.loss_fig, "loss")] + ([(self.acc_fig, "accuracy")] if slow else [])
+            for fig, metric in figures:
                 curve = self._curves[i].get(metric)
                 if curve is not None and i < len(fig.data):
                     fig.data[i].x, fig.data[i].y = thin(curve.xs, curve.drawn)

@@ -30,11 +30,17 @@ COLUMNS = ("run_id", "status", "final_loss", "test_accuracy", "label", "model", 
 LEGEND_LABEL = 40  # characters of a run's label in the compare plot's legend
 
 
+def _run_name(run_id: str, label: str, cut: int | None = None) -> str:
+    """``"<run_id> · <label>"`` (the label cut at ``cut`` characters), the bare id without one."""
+    if cut is not None and len(label) > cut:
+        label = label[:cut - 1] + "…"
+    return f"{run_id} · {label}" if label else run_id
+
+
 def _label(row) -> str:
     """A run in the compare list: its id, its Arena lane name (when it has one), what it trained."""
-    name = f"{row.label} · " if getattr(row, "label", "") else ""
-    return (f"{row.run_id} · {name}{row.model}/{row.norm} B={row.batch_size} {row.optimizer} · "
-            f"{row.status}")
+    return (f"{_run_name(row.run_id, row.label)} · {row.model}/{row.norm} B={row.batch_size} "
+            f"{row.optimizer} · {row.status}")
 
 
 class RunBrowser(SessionApp):
@@ -147,18 +153,12 @@ class RunBrowser(SessionApp):
                               f"{len(self.selected)} selected")
 
     def _legend_names(self) -> dict[str, str]:
-        """``{run_id: "<run_id> · <label>"}``, the bare id for a run without a label; a label
-        over :data:`LEGEND_LABEL` characters is cut there (a legend entry takes the plot's width)."""
-        df = self.summary
-        if df.empty:
+        """``{run_id: _run_name(...)}``, labels cut at :data:`LEGEND_LABEL` characters (a legend
+        entry takes the plot's width)."""
+        if self.summary.empty:
             return {}
-        labels = df["label"] if "label" in df else pd.Series("", index=df.index)
-        names = {}
-        for run_id, label in zip(df["run_id"], labels, strict=True):
-            if isinstance(label, str) and len(label) > LEGEND_LABEL:
-                label = label[:LEGEND_LABEL - 1] + "…"
-            names[run_id] = f"{run_id} · {label}" if isinstance(label, str) and label else run_id
-        return names
+        return {run_id: _run_name(run_id, label, LEGEND_LABEL)
+                for run_id, label in zip(self.summary["run_id"], self.summary["label"], strict=True)}
 
     def export_csv(self) -> io.BytesIO:
         return io.BytesIO(self.frame().to_csv(index=False).encode())
