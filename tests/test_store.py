@@ -39,6 +39,35 @@ def test_round_trip(tmp_path):
         store.get("ffff")
 
 
+def test_summary_reads_no_rows_and_matches_them(tmp_path):
+    """summary() takes the final values stored in meta.json, equal to those computed from the
+    rows (NaN and inf included); a run stored before they were has its rows read instead."""
+    store = RunStore(tmp_path)
+    store.save(_run())
+    diverged = _run("def456", status="diverged", n=3)
+    diverged.frame.loc[2, "value"] = float("inf")
+    evals = pd.DataFrame({"run_id": "def456", "step": [2], "probe": "eval", "metric": "accuracy",
+                          "layer": "", "value": [float("nan")]})
+    diverged.frame = pd.concat([diverged.frame, evals], ignore_index=True)
+    store.save(diverged)
+    store.save(Run(run_id="0ff", config={}, status="failed", error="boom"))  # no rows at all
+    from_rows = pd.DataFrame([store.get(r).summary() for r in store.run_ids()])
+    assert from_rows.final_loss.tolist()[1:] == [0.2, float("inf")]  # 0ff: NaN
+    for run_id in store.run_ids():  # summary() must not need them
+        (tmp_path / run_id / "rows.parquet").write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(store.summary(), from_rows)
+    meta = json.loads((tmp_path / "def456" / "meta.json").read_text())
+    assert meta["finals"] == {"final_loss": "inf", "test_accuracy": "nan"}  # plain JSON
+    # a store written before the final values were kept: its rows are read
+    store.save(_run())
+    meta_path = tmp_path / "abc123" / "meta.json"
+    old = json.loads(meta_path.read_text())
+    del old["finals"]
+    meta_path.write_text(json.dumps(old))
+    assert store.get("abc123", rows=False).finals is None
+    assert store.summary().set_index("run_id").final_loss["abc123"] == 0.2
+
+
 def test_incomplete_run_is_invisible_and_overwritten(tmp_path):
     store = RunStore(tmp_path)
     folder = tmp_path / "abc123"

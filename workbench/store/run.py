@@ -52,6 +52,8 @@ class Run:
             :meth:`RunStore.restore <workbench.store.RunStore.restore>`).
         weights: the model's ``state_dict`` on the CPU, where the run comes back without its
             model (from a training process); the store saves it like the model's.
+        finals: the final values :meth:`summary` reports (``final_loss``, ``test_accuracy``) as
+            the store saved them, for a run read without its rows (``rows=False``).
     """
 
     run_id: str
@@ -67,6 +69,7 @@ class Run:
     model: Any = field(default=None, repr=False, compare=False)
     dataset: Any = field(default=None, repr=False, compare=False)
     weights: dict | None = field(default=None, repr=False, compare=False)
+    finals: dict | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         # weights travel as torch.save bytes: pickled tensors would be handed over in shared
@@ -104,6 +107,13 @@ class Run:
         s = self.metric(metric, probe)
         return float(s.iloc[-1]) if len(s) else float("nan")
 
+    def final_values(self) -> dict:
+        """The final values :meth:`summary` reports: from the rows, or as stored (``finals``)
+        where the run was read without them."""
+        if len(self.frame) or self.finals is None:
+            return {"final_loss": self.final("loss"), "test_accuracy": self.final("accuracy", "eval")}
+        return {k: float(self.finals.get(k, "nan")) for k in ("final_loss", "test_accuracy")}
+
     def summary(self) -> dict:
         """One line of facts about the run, as shown by ``python -m workbench runs``."""
         m = self.config.get("model", {})
@@ -112,8 +122,7 @@ class Run:
                "norm": m.get("norm"), "dataset": self.config.get("data", {}).get("name"),
                "optimizer": self.config.get("optimizer"), "batch_size": self.config.get("batch_size"),
                "lr": self.config.get("lr"), "seed": self.config.get("seed"),
-               "steps": self.steps_done, "final_loss": self.final("loss"),
-               "test_accuracy": self.final("accuracy", "eval"), "wall_time": round(self.wall_time, 3),
+               "steps": self.steps_done, **self.final_values(), "wall_time": round(self.wall_time, 3),
                "started_at": self.started_at}
         return out
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -70,7 +71,11 @@ class RunStore:
             buf = io.BytesIO()
             torch.save(state, buf)
             files[weights] = buf.getvalue()
-        files[meta] = json.dumps(run.meta_dict(), indent=1, sort_keys=True).encode()  # last
+        # the summary's final values, so that summary() need not read every run's rows; NaN and
+        # inf as the strings float() reads back (JSON has no such numbers)
+        finals = {k: v if math.isfinite(v) else str(v) for k, v in run.final_values().items()}
+        files[meta] = json.dumps({**run.meta_dict(), "finals": finals}, indent=1,
+                                 sort_keys=True).encode()  # last
         temps: dict[Path, str] = {}
         try:
             for path, data in files.items():
@@ -124,11 +129,12 @@ class RunStore:
         if "converged" in frame and frame["converged"].dtype == object:
             # NaN (rows without a convergence flag) comes back from Parquet as None
             frame["converged"] = frame["converged"].where(frame["converged"].notna(), float("nan"))
-        known = {"run_id", "status", "error", "diverged_step", "steps_done", "wall_time", "started_at"}
+        known = {"run_id", "status", "error", "diverged_step", "steps_done", "wall_time", "started_at",
+                 "finals"}
         return Run(run_id=run_id, config=config, status=meta["status"], frame=frame,
                    error=meta.get("error"), diverged_step=meta.get("diverged_step"),
                    steps_done=meta.get("steps_done", 0), wall_time=meta.get("wall_time", 0.0),
-                   started_at=meta.get("started_at", ""),
+                   started_at=meta.get("started_at", ""), finals=meta.get("finals"),
                    meta={k: v for k, v in meta.items() if k not in known})
 
     def weights(self, run_id: str, device: str = "cpu") -> dict:
@@ -175,8 +181,16 @@ class RunStore:
         return pd.concat(frames, ignore_index=True) if frames else empty_frame()
 
     def summary(self) -> pd.DataFrame:
-        """One row per stored run (status, model, norm, batch size, final loss, ...)."""
-        return pd.DataFrame([run.summary() for run in self.runs()])
+        """One row per stored run (status, model, norm, batch size, final loss, ...).
+
+        Reads each run's config and meta only: the final values were stored with it. A run saved
+        before they were (no ``finals`` in its ``meta.json``) has its rows read."""
+        out = []
+        for run in self.runs(rows=False):
+            if run.finals is None:
+                run = next(self.runs([run.run_id]), run)
+            out.append(run.summary())
+        return pd.DataFrame(out)
 
     def runs(self, run_ids=None, *, rows: bool = True, retries: int = 5, wait: float = 0.02):
         """Every stored run in :meth:`run_ids` order, or those of ``run_ids`` that are stored
