@@ -138,7 +138,8 @@ px.line(curve, x="step", y="value", color="norm", log_y=True, markers=True,
 # The WS paper's setting is convolutional. With GroupNorm (4 groups) a 2-stage ResNet trains
 # much faster with WS — the practical payoff the paper attributes to smoothing. The *raw* β
 # number of the two separately trained runs is printed too but not asserted, because it is not
-# consistently lower with WS. Measured with the probe on a fixed held-out batch of 128 images
+# consistently lower with WS. In a separate measurement (not among this notebook's cells, which
+# probe the training batch every 50 steps) with the probe on a fixed held-out batch of 128 images
 # every 25 steps (seeds 0–2, 200 steps): WS's β is lower at step 0 in 3 of 3 seeds (identical
 # raw weights; 4.7 vs 24.3, 5.1 vs 12.3, 4.9 vs 20.5), but at only 2, 0 and 6 of the 8 later
 # probe points, and its median over the run is lower in 2 of 3 seeds. Matching the loss instead
@@ -275,7 +276,7 @@ print("smallest twin/WS β ratio per conv layer:", ", ".join(f"{n} {v:.2f}" for 
 # −g) and a larger gradient norm (the loss's Lipschitz constant) than the GN+WS one — both of the
 # WS paper's claims, held in 3 of 3 seeds in SMOKE and 9 of 9 in FULL (smallest ratios over the
 # 81 FULL probe points: β 1.9×, gradient norm 1.5×), and in every convolution layer separately
-# (the probe's per-layer rows). The per-seed medians differ by 3.5–6×. What is *not* uniform: per
+# (the probe's per-layer rows). The per-seed medians differ by 4.4–6.1× (SMOKE's three seeds). What is *not* uniform: per
 # step size (`beta_at_eta`), the twin's gradient change is smaller than WS's at the three
 # largest steps (η ≥ 0.074 ≈ 0.74·lr) at a handful of probe points, all at steps 25 and 50 (14
 # of 648 (seed, step, η) points over the nine seeds): far along −g the twin leaves its sharp region

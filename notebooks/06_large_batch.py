@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -88,9 +90,10 @@ print(gap.round(3).to_string())
 # %% [markdown]
 # With the same 10 epochs, the large batch makes 32× fewer updates and ends with a clearly
 # higher test loss and lower test accuracy: the generalization gap. Give it the same number of
-# *updates* and the gap is gone — at this scale the large batch even ends slightly ahead. Ghost
-# batch norm at equal updates lowers the test loss further: each virtual batch of 16 sees the
-# noisier statistics of a small batch.
+# *updates* and the gap is gone — at this scale the large batch ends level with the small one
+# (test accuracy 0.984 vs 0.974, test loss 0.084 vs 0.082). Ghost batch norm at equal updates
+# lowers the test loss further (0.048; about the same accuracy): each virtual batch of 16 sees
+# the noisier statistics of a small batch.
 
 # %%
 g = gap.to_dict("index")
@@ -242,7 +245,8 @@ widgets.interact_manual(rerun, batch_size=widgets.Dropdown(options=[8, 16, 64, 2
 # %% [markdown]
 # **Take-aways.**
 # - At equal epochs a large batch makes far fewer updates; that — not the batch size — is the
-#   generalization gap here. Equal updates with √B lr scaling closes it; ghost BN helps more.
+#   generalization gap here. Equal updates with √B lr scaling closes it; ghost BN also lowers
+#   the test loss.
 # - The weights drift from their initialization like log t: closing the gap needs *many* more
 #   updates, not a few more epochs.
 # - Tuned SGD/Adam are hard to beat with LARS/LAMB on small nets.
