@@ -56,6 +56,16 @@ def test_noise_scale_default_avoids_a_one_example_ghost_batch():
     assert math.isfinite(v["trace_cov_two_batch"])
 
 
+def test_hessian_vs_batch_size_defaults_avoid_a_one_example_ghost_batch():
+    """N = 18: N // 2 = 9 ends in a virtual batch of one with virtual_batch_size=8 (the trainer's
+    ``full`` preset on a batch of 18 failed); the default moves it to 8."""
+    model, batch = _model("ghost_batch", norm_options={"virtual_batch_size": 8}), _batch(18)
+    f = hessian_vs_batch_size(model, batch, CE, max_iter=5, trace_matvecs=0, adam=False)
+    assert sorted(f.batch_size.dropna().unique()) == [2, 4, 8, 18]  # 18: the full batch
+    plain = hessian_vs_batch_size(_model("layer"), batch, CE, max_iter=5, trace_matvecs=0, adam=False)
+    assert sorted(plain.batch_size.dropna().unique()) == [2, 4, 9, 18]
+
+
 def test_noise_scale_too_small_a_batch_for_batch_norm_names_small_batch():
     model, (x, y) = _model("batch"), _batch()
     with pytest.raises(ValueError, match=r"small_batch=1 .*batch of 2\b.*at least 3 examples"):

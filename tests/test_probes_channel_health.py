@@ -132,3 +132,26 @@ def test_thresholds_out_of_range_are_value_errors(kwargs, msg):
 def test_a_model_without_activations_is_rejected():
     with pytest.raises(ValueError, match="channel_health needs activation modules"):
         channel_health(torch.nn.Linear(5, 3), (_x(), None))
+
+
+def test_an_activation_module_shared_by_two_layers_is_rejected_not_misread():
+    """One ReLU module called by two layers (torchvision's ResNet blocks share ``self.relu``):
+    only its last call was kept, so the first layer's dead channels went unreported."""
+    from workbench.probes import run_together
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.head = (torch.nn.Linear(5, 6), torch.nn.Linear(6, 6),
+                                           torch.nn.Linear(6, 3))
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, x):
+            return self.head(self.relu(self.l2(self.relu(self.l1(x)))))
+
+    batch = (_x(), torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="'relu' ran more than once in one forward pass"):
+        channel_health(Shared(), batch)
+    with pytest.raises(ValueError, match="'relu' ran more than once"):  # inside a training step
+        run_together(Shared(), batch, torch.nn.functional.cross_entropy,
+                     names=["layer_norms", "channel_health"])

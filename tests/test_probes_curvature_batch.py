@@ -147,6 +147,33 @@ def test_b_simple_matches_brute_force(norm, mode):
     assert head == pytest.approx(float((gbar[k:k + 24] ** 2 / var[k:k + 24]).mean()), rel=1e-6)
 
 
+def _masked_ce(out, y):
+    """A loss torch.func cannot vmap (data-dependent indexing): the per-example loop runs."""
+    keep = y >= 0
+    return CE(out[keep], y[keep])
+
+
+@pytest.mark.parametrize(("norm", "options", "loss_fn"), [
+    ("batch", {}, _masked_ce),
+    ("batch_channel", {"groups": 2, "stats": "batch"}, CE),  # its in-place update fails torch.func
+])
+def test_the_per_example_loop_matches_brute_force_with_batch_statistics(norm, options, loss_fn):
+    """The loop restores only buffers a backward changed: writing BatchNorm's running statistics
+    back in place (which its graph holds) failed the second backward."""
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(depth=2, width=8, norm=norm, norm_options=options, in_dim=5,
+                                  out_dim=3)).double()
+    ref_model = build_model(MLPConfig(depth=2, width=8, norm=norm, norm_options=options, in_dim=5,
+                                      out_dim=3)).double()
+    ref_model.load_state_dict(model.state_dict())
+    x, y = _batch()
+    grads, method = per_example_grads(model, (x, y), loss_fn, mode="train")
+    assert method == "loop"
+    torch.testing.assert_close(grads, brute_force(ref_model, x, y, "train"))
+    f = gradient_noise_scale(model, (x, y), loss_fn, small_batch=6)
+    assert f[f.layer == "all"].value.notna().all()
+
+
 def test_noise_scale_falls_back_for_powernorm_and_rejects_bad_batches():
     model, (x, y) = _model("power"), _batch()
     grads, method = per_example_grads(model, (x, y), CE, mode="train")

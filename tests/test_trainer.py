@@ -163,6 +163,22 @@ def test_probes_run_on_schedule_and_leave_training_unchanged():
     assert probed.metric("loss").equals(plain.metric("loss"))
 
 
+def test_a_preset_leaves_out_what_the_model_cannot_be_measured_by():
+    """A linear-activation MLP has no activations for channel health: the presets leave it out
+    (warned, noted in the meta) instead of failing the run; named on its own it still fails."""
+    cfg = TrainConfig.smoke().replace(model=MLPConfig(depth=2, width=16, activation="linear"))
+    with pytest.warns(RuntimeWarning, match="channel_health left out: channel_health needs "
+                                            "activation modules"):
+        run = train(cfg, probes="standard")
+    assert run.status == "finished"
+    assert set(run.frame.probe) == {"train", "eval", "layer_norms", "smoothness"}
+    assert list(run.meta["skipped_probes"]) == ["channel_health"]
+    alone = train(cfg, probes=["channel_health"])
+    assert alone.status == "failed" and "needs activation modules" in alone.error
+    relu = train(TrainConfig.smoke(), probes="standard")  # nothing left out where it applies
+    assert "channel_health" in set(relu.frame.probe) and "skipped_probes" not in relu.meta
+
+
 def test_callable_probe_rows_get_their_name_step_and_whole_model_layer():
     import pandas as pd
 

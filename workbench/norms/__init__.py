@@ -124,10 +124,19 @@ def batch_split_ok(model: nn.Module, examples: int) -> bool:
                    for m in stats if isinstance(m, GhostBatchNorm))
 
 
+def fitting_batch_size(model: nn.Module, size: int, limit: int) -> int:
+    """``size``, or the largest size below it (else the smallest above it, below ``limit``) that
+    :func:`batch_split_ok` takes; ``size`` when none does."""
+    for m in [*range(size, 0, -1), *range(size + 1, limit)]:
+        if batch_split_ok(model, m):
+            return m
+    return size
+
+
 __all__ = [
     "LAYOUTS", "NORMS", "NORM_CLASSES", "BatchChannelNorm", "BatchNorm", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "NormSpec", "PowerNorm", "RMSNorm", "WSConv2d",
-    "WSLinear", "batch_split_ok", "is_norm_module", "last_virtual_batch_of_one", "make_norm",
+    "WSLinear", "batch_split_ok", "fitting_batch_size", "is_norm_module", "last_virtual_batch_of_one", "make_norm",
     "norm_layouts",
     "standardize_weight",
 ]

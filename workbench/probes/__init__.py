@@ -3,7 +3,7 @@
 Each probe leaves the model exactly as it found it (parameters, ``.grad``, train/eval flags,
 BatchNorm buffers, global RNG). ``PROBES`` lists them; ``PRESETS`` groups them by cost.
 """
-from .channel_health import channel_health
+from .channel_health import activation_modules, channel_health
 from .depth_variance import depth_variance
 from .fixed import FixedBatch, on_batch
 from .gradient_noise_scale import gradient_noise_scale
@@ -43,7 +43,12 @@ PRESETS = {
 }
 # depth_variance is in no preset: it raises on models without residual blocks (plain MLPs).
 
-__all__ = ["PRESETS", "PROBES", "FixedBatch", "Together", "channel_health", "depth_variance",
+# What a preset's probe needs of the model: a check that raises ValueError (saying why) on a
+# model it cannot measure. A preset then leaves the probe out for that model (the trainer warns
+# and notes it in the run's meta); the probe named on its own still raises.
+PRESET_NEEDS = {"channel_health": activation_modules}
+
+__all__ = ["PRESETS", "PRESET_NEEDS", "PROBES", "FixedBatch", "Together", "channel_health", "depth_variance",
            "gradient_noise_scale", "hessian_density", "hessian_top_eigs", "hessian_trace",
            "hessian_vs_batch_size", "landscape", "layer_norms", "on_batch", "run_together",
            "smoothness", "smoothness_small"]

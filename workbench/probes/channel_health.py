@@ -145,14 +145,25 @@ def activation_modules(model) -> list[tuple[str, nn.Module]]:
     return acts
 
 
+class _Seen(dict):
+    """``{activation module name: (input, output)}`` of a forward pass, and the names of the
+    modules called more than once in it (``reused``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reused: set[str] = set()
+
+
 @contextlib.contextmanager
 def capture_inputs(acts):
     """Within the block, every forward of each activation module stores ``(input, output)``
     (detached) in the yielded dict under the module's name."""
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen = _Seen()
 
     def record(name):
         def hook(module, args, out):
+            if name in seen:
+                seen.reused.add(name)
             seen[name] = (args[0].detach(), out.detach())
         return hook
 
@@ -175,6 +186,13 @@ def health_rows(model, acts, seen, thresholds, *, per_channel: bool = False, gai
     channel)``) from the captured pre-activations ``seen`` and the model's norm gains
     (``gains``: :func:`norm_gains` of the model, found again when None)."""
     constant_threshold, elimination_threshold, duplicate_threshold, gain_threshold = thresholds
+    reused = sorted(getattr(seen, "reused", ()))
+    if reused:
+        raise ValueError(
+            f"channel_health: activation module(s) {', '.join(map(repr, reused))} ran more than once "
+            "in one forward pass (one module shared by several layers, as in torchvision's ResNet "
+            "blocks), so their layers' pre-activations cannot be told apart; channel_health needs "
+            "one activation module per layer")
     # Layers whose pre-activations have the same shape are reduced together, and every summary
     # value of every layer goes into one tensor: one device sync for the frame.
     groups: dict[tuple, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}

@@ -32,7 +32,7 @@ import torch
 from torch.func import functional_call, jacrev, replace_all_batch_norm_modules_
 
 from .._validate import check_choice, check_positive
-from ..norms import batch_split_ok
+from ..norms import batch_split_ok, fitting_batch_size
 from ..utils import preserved_state
 from .hvp import (
     MODES,
@@ -73,12 +73,18 @@ def per_example_grads(model, batch, loss_fn, *, mode: str = "train", params=None
         model.train(mode == "train")
         out, _ = forward_loss(model, batch, loss_fn)
         ell = _per_example_losses(out, y, loss_fn)
-        snap = [(b, b.detach().clone()) for b in model.buffers()]
+        # a backward may update buffers (PowerNorm): each starts from the same values. Only
+        # the changed ones are written back: the graph may hold others (BatchNorm's), and an
+        # in-place write to those fails the next backward.
+        snap = [[b, b._version, b.detach().clone()] for b in model.buffers()]
         rows = []
         for i in range(ell.shape[0]):
-            with torch.no_grad():  # a backward may update buffers (PowerNorm); each starts equal
-                for b, v in snap:
-                    b.copy_(v)
+            with torch.no_grad():
+                for entry in snap:
+                    b, version, value = entry
+                    if b._version != version:
+                        b.copy_(value)
+                        entry[1] = b._version
             g = torch.autograd.grad(ell[i], plist, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1)
                                    for t, p in zip(g, plist)]))
@@ -90,12 +96,7 @@ def _default_small_batch(model, n: int, mode: str) -> int:
     model's norms on batch statistics take in train mode (:func:`~workbench.norms.batch_split_ok`:
     at least 2, no ghost virtual batch of one); ``N // 4`` (at least 1) when none does."""
     base = max(1, n // 4)
-    if mode != "train":
-        return base
-    for m in [*range(base, 0, -1), *range(base + 1, n)]:
-        if batch_split_ok(model, m):
-            return m
-    return base
+    return base if mode != "train" else fitting_batch_size(model, base, n)
 
 
 def _batch_grad_sq(model, batch, loss_fn, mode, params) -> float:

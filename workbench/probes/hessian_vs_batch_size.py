@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .._validate import check_choice, check_integer, check_positive
+from ..norms import fitting_batch_size
 from ..utils import preserved_state
 from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hessian_density import broadened_density
@@ -110,7 +111,9 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         model, loss_fn: as every probe.
         batch: the data source: an ``(inputs, targets)`` pair of N examples (the "full data") or
             a workbench ``Dataset`` (its training split).
-        batch_sizes: sizes B < N (default: powers of two from N // 8 to N // 2, at least 2).
+        batch_sizes: sizes B < N (default: N // 8, N // 4 and N // 2, at least 2; in train
+            mode each moved to the nearest size the model's norms on batch statistics take,
+            :func:`~workbench.norms.fitting_batch_size`: no ghost virtual batch of one).
         num_batches: disjoint random mini-batches per size (fewer when N / B is smaller).
         mode, kind, params: which matrix (see :func:`~.hvp.curvature_operator`); one subset.
         max_iter, tol: Lanczos budget per Hessian (top and bottom eigenvalue from one run); the
@@ -171,7 +174,8 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         raise ValueError(f"batch_sizes is an empty list; give at least one mini-batch size below the "
                          f"data source's {n} examples (valid: 1..{n - 1}), or None for the default")
     if batch_sizes is None:
-        batch_sizes = sorted({max(2, n // d) for d in (8, 4, 2)})
+        batch_sizes = sorted({max(2, n // d) if mode != "train" else
+                              fitting_batch_size(model, max(2, n // d), n) for d in (8, 4, 2)})
     batch_sizes = sorted(batch_sizes)
     for b in batch_sizes:
         if b >= n:

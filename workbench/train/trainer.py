@@ -24,7 +24,7 @@ import torch
 from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model
 from ..norms import batch_split_ok
-from ..probes import PRESETS, PROBES
+from ..probes import PRESET_NEEDS, PRESETS, PROBES
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
@@ -42,9 +42,13 @@ TRAIN_METRICS = ("loss", "accuracy", "lr", "batch_size", "examples", "grad_norm"
                  "wall_time")
 
 
-def resolve_probes(probes) -> dict[str, Probe]:
+def resolve_probes(probes, *, model=None, skipped: dict | None = None) -> dict[str, Probe]:
     """Accept None, a preset name, a list of names/callables (a preset in the list stands for
-    its probes; each probe once), or a ``{name: callable}`` dict."""
+    its probes; each probe once), or a ``{name: callable}`` dict.
+
+    With ``model``, a probe that only a preset brought in and that cannot measure this model
+    (:data:`~workbench.probes.PRESET_NEEDS`: ``channel_health`` on a model without activation
+    modules) is left out, its reason put in ``skipped``; named on its own it stays (and raises)."""
     if probes is None:
         return {}
     if isinstance(probes, str):
@@ -53,6 +57,7 @@ def resolve_probes(probes) -> dict[str, Probe]:
         items = list(probes.items())
     else:
         items = []
+        named = {p for p in probes if isinstance(p, str) and p not in PRESETS}
         names = [q for p in probes for q in (PRESETS[p] if isinstance(p, str) and p in PRESETS else [p])]
         for p in names:
             if isinstance(p, str):
@@ -61,6 +66,13 @@ def resolve_probes(probes) -> dict[str, Probe]:
                 if p not in PROBES:
                     raise ValueError(f"unknown probe {p!r}; choose one of: {', '.join(PROBES)} "
                                      f"or a preset: {', '.join(PRESETS)}")
+                if model is not None and p not in named and p in PRESET_NEEDS:
+                    try:
+                        PRESET_NEEDS[p](model)
+                    except ValueError as exc:
+                        if skipped is not None:
+                            skipped[p] = str(exc)
+                        continue
                 items.append((p, PROBES[p]))
             elif callable(p):
                 items.append((getattr(p, "__name__", repr(p)), p))
@@ -269,8 +281,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     """
     if isinstance(store, str):
         store = RunStore(store)
-    probe_fns = resolve_probes(probes)
-    lr_probes = {name: takes_lr(fn) for name, fn in probe_fns.items()}
+    probe_fns = resolve_probes(probes)  # bad names fail here; again with the model below
     schedule = schedule or every(max(1, cfg.steps // 10))
     cancel = cancel or CancelToken()
     device = resolve_device(device)
@@ -294,6 +305,13 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         model = model.to(device)
         model.train()
         run.model, run.dataset = model, dataset
+        skipped: dict[str, str] = {}
+        probe_fns = resolve_probes(probes, model=model, skipped=skipped)
+        lr_probes = {name: takes_lr(fn) for name, fn in probe_fns.items()}
+        if skipped:
+            run.meta["skipped_probes"] = skipped
+            warnings.warn(f"run {run_id}: the preset's {', '.join(skipped)} left out: "
+                          + "; ".join(skipped.values()), RuntimeWarning, stacklevel=2)
         groups = [g["params"] for g in param_groups(model, cfg.weight_decay)]
         flat = FlatParams(groups) if flat_params and can_flatten(groups) else None
         params = flat.params if flat is not None else [p for p in model.parameters() if p.requires_grad]
