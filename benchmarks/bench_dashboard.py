@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import param
 import requests
 import torch
 
@@ -104,10 +103,7 @@ def dashboard_round(browser, url: str, store, steps: int, sample: bool,
     page = browser.new_page(viewport={"width": 1300, "height": 820})
     page.goto(f"{url}/arena")
     page.get_by_role("button", name="Train", exact=True).wait_for()
-    # checkboxes: 4 probes and log y, then each lane's booleans, "Train this lane" first
-    per_lane = sum(isinstance(p, param.Boolean) for n, p in Lane.param.objects().items()
-                   if n != "name")
-    page.get_by_role("checkbox").nth(5 + per_lane).uncheck()  # lane 2 off: one lane
+    page.get_by_role("checkbox", name="Train this lane", exact=True).nth(1).uncheck()  # lane 2 off
     for label, value in (("Steps", steps), ("Width", WIDTH), ("Depth", DEPTH)):
         box = page.get_by_role("textbox", name=label, exact=True)
         box.fill(str(value))

@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("panel")
 
+from bokeh.document import Document  # noqa: E402
+
 from workbench.dashboard import _jobs, arena
 from workbench.dashboard.arena import Arena, Lane
 from workbench.dashboard.presets import PRESETS
@@ -135,6 +137,13 @@ def test_curves_are_smoothed_and_redrawn_when_the_weight_or_axis_changes(app, tm
     raw = store.get(cfg.run_id).metric("loss").tolist()  # lane 2's per-step training losses
     assert len(raw) == 30 and list(app.loss_fig.data[1].y) == pytest.approx(smooth_ema(raw, 0.9))
     assert app.loss_fig.layout.title.text == "loss (smoothed: EMA 0.9); dashed: test set"
+    # what the page is sent: the Bokeh models' layout changes (a figure changed in place must
+    # still be sent: Panel's own copy shared the figure's dicts, and sent nothing)
+    sent = {}
+    for name in ("loss", "acc"):
+        model = getattr(app, f"{name}_plot").get_root(Document())
+        sent[name] = []
+        model.on_change("layout", lambda attr, old, new, name=name: sent[name].append(new))
     app.smoothing = 0.0  # after the run: redrawn at once, from the raw values
     assert list(app.loss_fig.data[1].y) == pytest.approx(raw)
     assert app.loss_fig.layout.title.text == "loss; dashed: test set"
@@ -144,6 +153,11 @@ def test_curves_are_smoothed_and_redrawn_when_the_weight_or_axis_changes(app, tm
     assert app.loss_fig.layout.yaxis.type == "log"
     app.log_y = False
     assert app.loss_fig.layout.yaxis.type == "linear"
+    assert [(lay["title"]["text"], lay["yaxis"]["type"]) for lay in sent["loss"]] == [
+        ("loss; dashed: test set", "log"), ("loss (smoothed: EMA 0.5); dashed: test set", "log"),
+        ("loss (smoothed: EMA 0.5); dashed: test set", "linear")]
+    assert [lay["title"]["text"] for lay in sent["acc"]] == [
+        "accuracy; dashed: test set", "accuracy (smoothed: EMA 0.5); dashed: test set"]
 
 
 def _long_run(app):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 
 import panel as pn
+import param
+from bokeh.models import CheckboxGroup as _BkCheckboxGroup
 
 from ._jobs import refresh_callback, session_bound
 
@@ -84,6 +86,39 @@ def page(title: str, body, *, template: bool = True):
 FORM_WIDTH = 320
 
 
+class LabeledCheckbox(pn.widgets.Checkbox):
+    """``pn.widgets.Checkbox`` drawn as a one-box Bokeh ``CheckboxGroup``.
+
+    Bokeh 3.9's ``Checkbox`` renders its ``<input>`` and its label text as unrelated siblings:
+    the box has no accessible name (a screen reader says "checkbox", and Playwright's
+    ``get_by_role("checkbox", name=...)`` finds nothing), and clicking the label does nothing.
+    A ``CheckboxGroup`` wraps each box and its text in a ``<label>``, which fixes both. The
+    Python side is ``Checkbox``'s: a bool ``value``, the label from ``name``.
+    """
+
+    _widget_type = _BkCheckboxGroup
+    _rename = {**pn.widgets.Checkbox._rename, "label": "labels"}
+
+    def _process_param_change(self, params):
+        params = super()._process_param_change(params)
+        if "active" in params:
+            params["active"] = [0] if params["active"] else []
+        if "labels" in params:
+            params["labels"] = [params["labels"]]
+        return params
+
+    def _process_property_change(self, msg):
+        if "active" in msg:
+            msg = {**msg, "active": 0 in msg["active"]}
+        return super()._process_property_change(msg)
+
+
+class Form(pn.Param):
+    """``pn.Param`` with every ``param.Boolean`` drawn as a :class:`LabeledCheckbox`."""
+
+    mapping = {**pn.Param.mapping, param.Boolean: LabeledCheckbox}
+
+
 # Panel draws no name above these (holoviz/panel#1313): a group of buttons "4 8 16" or "1 2"
 # would sit in a form without saying what it chooses.
 GROUP_WIDGETS = (pn.widgets.CheckBoxGroup, pn.widgets.CheckButtonGroup, pn.widgets.RadioBoxGroup,
@@ -100,8 +135,8 @@ def param_form(obj, parameters, widgets: dict, *, width: int = FORM_WIDTH) -> pn
 
     def flush():
         if run:
-            pieces.append(pn.Param(obj, parameters=list(run), widgets={k: widgets[k] for k in run
-                                                                        if k in widgets},
+            pieces.append(Form(obj, parameters=list(run), widgets={k: widgets[k] for k in run
+                                                                   if k in widgets},
                                    sort=lambda item: order.get(item[0], -1),
                                    show_name=False, width=width))
             run.clear()
@@ -123,6 +158,31 @@ def param_form(obj, parameters, widgets: dict, *, width: int = FORM_WIDTH) -> pn
     return pn.Column(*pieces, width=width + 20, margin=0)  # the pieces bring their margins
 
 
+def _detached(obj):
+    """A copy of a figure's JSON dicts and lists; arrays and scalars are shared."""
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_detached(v) for v in obj]
+    return obj
+
+
+class Plotly(pn.pane.Plotly):
+    """Panel's Plotly pane, keeping its own copy of the figure's layout and traces.
+
+    Panel's copy of the figure is shallow (``dict(fig._layout)``), so the Bokeh model's layout
+    shared its nested dicts with the figure: a change made in place (``fig.update_yaxes(type=
+    "linear")``, a new title text) changed the model's layout too, Panel's "has the layout
+    changed?" test said no, and the browser kept the old axis. The Arena's "Log-scale loss axis"
+    box did nothing on the page. With a copy, the comparison sees the change and sends it.
+    """
+
+    @classmethod
+    def _plotly_json_wrapper(cls, fig):
+        json = super()._plotly_json_wrapper(fig)
+        return {**json, "data": _detached(json["data"]), "layout": _detached(json["layout"])}
+
+
 def plotly_pane(fig, **kw):
     """A Plotly pane that is redrawn only on an explicit ``param.trigger("object")``.
 
@@ -134,4 +194,4 @@ def plotly_pane(fig, **kw):
     each jump a full redraw.
     """
     kw = {"sizing_mode": "stretch_width", "config": {"displaylogo": False}, "margin": (5, 0), **kw}
-    return pn.pane.Plotly(fig, link_figure=False, **kw)
+    return Plotly(fig, link_figure=False, **kw)

@@ -39,7 +39,7 @@ from ._jobs import (
     eval_points,
     store_for,
 )
-from ._session import FORM_WIDTH, SessionApp, page, param_form, plotly_pane
+from ._session import FORM_WIDTH, Form, SessionApp, page, param_form, plotly_pane
 from .presets import PRESETS
 
 PLACEMENTS = ("pre", "post", "mix", "ln_scaling")
@@ -446,7 +446,7 @@ class Arena(SessionApp):
                              "probes": pn.widgets.CheckBoxGroup})
         cards = []
         for i, lane in enumerate(self.lanes):
-            form = pn.Param(lane, show_name=False, sizing_mode="stretch_width", widgets={
+            form = Form(lane, show_name=False, sizing_mode="stretch_width", widgets={
                 "batch_size": pn.widgets.IntInput, "micro_batch": pn.widgets.IntInput,
                 "max_batch": pn.widgets.IntInput, "growth_every": pn.widgets.IntInput,
                 "virtual_batch": pn.widgets.IntInput, "warmup_steps": pn.widgets.IntInput,

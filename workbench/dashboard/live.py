@@ -36,7 +36,7 @@ from ._jobs import (  # noqa: E402
     eval_points,
     norms_for,
 )
-from ._session import FORM_WIDTH, SessionApp, plotly_pane  # noqa: E402
+from ._session import FORM_WIDTH, Form, SessionApp, plotly_pane  # noqa: E402
 
 
 class LiveTraining(SessionApp):
@@ -68,7 +68,7 @@ class LiveTraining(SessionApp):
         self.progress = pn.indicators.Progress(value=0, max=self.steps, bar_color="primary",
                                                sizing_mode="stretch_width")
         self.status.object = "idle: choose a model and press **Train**"
-        self.controls = pn.Param(
+        self.controls = Form(
             self, parameters=["model", "norm", "dataset", "batch_size", "steps", "optimizer", "lr",
                               "seed", "log_y"],
             widgets={"batch_size": pn.widgets.IntInput, "steps": pn.widgets.IntInput,

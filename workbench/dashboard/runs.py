@@ -18,7 +18,7 @@ from bokeh.models.widgets.tables import NumberFormatter
 from ..store import RunStore
 from ..store.run import STATUSES
 from ..viz.curves import metric_curves
-from ._session import SessionApp, page, plotly_pane
+from ._session import Form, SessionApp, page, plotly_pane
 
 SEARCHED = ("run_id", "label", "model", "norm", "dataset", "optimizer", "status")
 MAX_QUERY = 100
@@ -177,7 +177,7 @@ class RunBrowser(SessionApp):
 
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
-        form = pn.Param(self, parameters=["query", "status_filter", "selected", "metric", "probe",
+        form = Form(self, parameters=["query", "status_filter", "selected", "metric", "probe",
                                           "log_y", "smoothing"],
                         widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10,
                                               "width": 360}},  # room for the run descriptions
