@@ -4,6 +4,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from workbench.cli import main
 from workbench.store import RunStore
@@ -156,3 +157,29 @@ def test_probe_unknown_run_or_no_weights(stored_run, tmp_path, capsys):
     legacy.save(run)
     assert main(["probe", run_id, "landscape", "--store", str(tmp_path)]) == 2
     assert "stored without weights" in capsys.readouterr().err
+
+
+def test_a_rerun_that_does_not_finish_keeps_the_stored_finished_run(tmp_path, capsys, monkeypatch):
+    """Nothing already computed is lost: a failed (bad device) or Ctrl-C'd rerun of a stored
+    config is returned and reported, not saved over the finished run and its weights."""
+    store = str(tmp_path / "runs")
+    argv = ["train", "--steps", "20", "--n-train", "256", "--store", store, "--no-progress"]
+    assert main(argv) == 0
+    (run_id,) = RunStore(store).run_ids()
+    weights = RunStore(store).weights(run_id)
+    capsys.readouterr()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    trainer = sys.modules["workbench.train.trainer"]
+    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    with pytest.warns(RuntimeWarning, match="cancelled, not saved: the store .* keeps the finished run"):
+        assert main(argv + ["--eval-every", "5"]) == 130  # another config: saved, cancelled
+        assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert "not saved: the store" in out and "saved to" in out
+    kept = RunStore(store).get(run_id)
+    assert kept.status == "finished" and kept.steps_done == 20
+    assert all(torch.equal(weights[k], v) for k, v in RunStore(store).weights(run_id).items())
+    assert sorted(r.status for r in RunStore(store).runs(rows=False)) == ["cancelled", "finished"]

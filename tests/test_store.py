@@ -186,6 +186,23 @@ def test_config_hash_is_stable():
     assert config_hash(a) != config_hash({**a, "b": 2})
 
 
+def test_equal_configs_get_one_run_id():
+    """lr=1 (a YAML grid) and lr=1.0 (a CLI flag) compare equal: they are one run, not two;
+    the same for -0.0 and 0.0 and a transformer's float fields."""
+    smoke = TrainConfig.smoke()
+    assert smoke.replace(lr=1).run_id == smoke.replace(lr=1.0).run_id
+    assert smoke.replace(momentum=-0.0).run_id == smoke.replace(momentum=0).run_id
+    assert smoke.replace(betas=(0, 0.9)).run_id == smoke.replace(betas=(0.0, 0.9)).run_id
+    assert type(smoke.replace(lr=1).to_dict()["lr"]) is float
+    assert (TransformerConfig(mix_fraction=1, init_std=1).__dict__
+            == TransformerConfig(mix_fraction=1.0, init_std=1.0).__dict__)
+    from workbench.sweeps import Sweep
+
+    assert len(Sweep(base=smoke, grid={"lr": [1, 1.0]}).configs()) == 1
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        smoke.replace(lr="fast")
+
+
 # -- weights: a stored run comes back as a model any probe can look inside --------------------
 _KINDS = {
     "mlp, BatchNorm (running statistics)": TrainConfig.smoke(),

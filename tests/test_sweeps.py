@@ -266,3 +266,24 @@ def test_progress_bar_counts_and_summary(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sweep bar" in err and "finished=2 running=0 failed=0 diverged=1" in err and "3/3" in err
     assert result.summary().startswith("sweep 'bar' (serial): 3 runs; 0 already stored, 3 trained")
+
+
+def test_ctrl_c_stops_a_serial_sweep_not_just_its_current_run(tmp_path, monkeypatch):
+    """train() turns Ctrl-C into a cancelled run; in a serial sweep (same process) that Ctrl-C
+    must end the sweep, as with the process pools, not only the run it came in."""
+    calls = []
+    real = trainer_module.evaluate
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second run's final evaluation
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    sweep = Sweep(base=SMOKE.replace(eval_every=0), grid={"lr": [0.01, 0.02, 0.04, 0.08]})
+    store = RunStore(tmp_path)
+    result = run_sweep(sweep, store, "serial", progress=False)
+    assert result.interrupted
+    assert len(store.run_ids()) == 1 and store.get(store.run_ids()[0]).status == "finished"
+    assert len(calls) == 2  # nothing trained after the Ctrl-C

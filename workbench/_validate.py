@@ -40,3 +40,17 @@ def check_divides(what: str, divisor: int, whole_what: str, whole: int) -> None:
             f"{what}={divisor} does not divide {whole_what}={whole}; valid values: "
             f"{', '.join(map(str, valid))}"
         )
+
+
+def as_floats(obj) -> None:
+    """Store every ``float``-annotated field of the frozen dataclass ``obj`` that holds a number as
+    a float, and -0.0 as 0.0: ``lr=1`` and ``lr=1.0`` (a YAML grid, a CLI flag) are one config,
+    with one run id. Non-numbers are left for the checks to reject."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        if f.type not in ("float", "float | None"):
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value) + 0.0)

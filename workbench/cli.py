@@ -152,7 +152,8 @@ def _cmd_train(a) -> int:
     from .train import every, resolve_probes, train
 
     cfg = config_from_args(a)
-    probes = resolve_probes(a.probes[0] if a.probes and len(a.probes) == 1 else a.probes)
+    probes = a.probes[0] if a.probes and len(a.probes) == 1 else a.probes
+    resolve_probes(probes)  # bad names fail here; train resolves them again, for its model
     if a.probe_every is not None and not a.probes:
         raise ValueError("--probe-every sets when the probes run: name them with --probes")
     if a.probe_every is not None and a.probe_every < 1:
@@ -170,7 +171,12 @@ def _cmd_train(a) -> int:
     if run.error:
         line += f"; error: {run.error}"
     print(line)
-    print(f"saved to {a.store}/{run.run_id}")
+    if "not_saved" in run.meta:
+        print(f"not saved: {run.meta['not_saved']}")
+    else:
+        print(f"saved to {a.store}/{run.run_id}")
+    if run.meta.get("interrupted"):
+        return 130  # Ctrl-C, as a shell reports it
     return 0 if run.status in ("finished", "diverged", "cancelled") else 1
 
 
@@ -259,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (a probe, loading): no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import check_choice, check_positive
+from .._validate import as_floats, check_choice, check_positive
 from ..norms import make_norm
 from .base import WorkbenchModel
 
@@ -50,6 +50,7 @@ class TransformerConfig:
     seq_len: int | None = None
 
     def __post_init__(self):
+        as_floats(self)
         for name in ("depth", "d_model", "heads", "mlp_ratio"):
             check_positive(name, getattr(self, name), integer=True)
         check_choice("transformer norm", self.norm, TRANSFORMER_NORMS)

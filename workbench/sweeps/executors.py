@@ -52,9 +52,15 @@ class SerialExecutor:
         fut = next(iter(pending))
         fn, args = fut._task
         try:
-            fut.set_result(fn(*args))
+            run = fn(*args)
         except Exception as exc:  # handed to the runner through result(), as a pool would
             fut.set_exception(exc)
+            return {fut}
+        if getattr(run, "meta", {}).get("interrupted"):
+            # train() caught the Ctrl-C and returned the run cancelled: in this process it is
+            # the sweep's Ctrl-C too, which stops it (the run is in flight, not stored)
+            raise KeyboardInterrupt
+        fut.set_result(run)
         return {fut}
 
     def result(self, fut):

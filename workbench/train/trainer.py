@@ -257,7 +257,9 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             their passes with it (:mod:`workbench.probes.together`).
         schedule: when probes run, ``schedule(step, total_steps) -> bool``; default
             ``every(max(1, steps // 10))``.
-        store: a RunStore (or its root folder) to save the run to when it ends, whatever its status.
+        store: a RunStore (or its root folder) to save the run to when it ends, whatever its
+            status, except that a cancelled or failed run does not replace a finished run of the
+            same config there (a warning, and ``run.meta["not_saved"]`` says so).
         cancel: a :class:`CancelToken`; checked before every step.
         progress: show a tqdm progress bar.
         callback: ``callback(step, metrics)`` after every step, from the training thread
@@ -472,6 +474,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
             rows.add(run.steps_done, "eval", evaluate(model, dataset))
     except KeyboardInterrupt:
         run.status = "cancelled"
+        run.meta["interrupted"] = True  # Ctrl-C, not a cancel token: a serial sweep stops too
     except Exception as exc:  # recorded, not raised: sweeps and dashboards go on
         run.status = "failed"
         run.error = f"{type(exc).__name__}: {exc}"
@@ -485,8 +488,23 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     run.wall_time = time.perf_counter() - t_start
     run.frame = rows.frame()
     if store is not None:
-        store.save(run)
+        kept = _stored_status(store, run_id) if run.status in ("cancelled", "failed") else None
+        if kept == "finished":  # nothing already computed is lost to a rerun that did not end
+            run.meta["not_saved"] = (f"the store {store.root} keeps the finished run of this config; "
+                                     f"delete it first (RunStore.delete) to store this {run.status} one")
+            warnings.warn(f"run {run_id} {run.status}, not saved: {run.meta['not_saved']}",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            store.save(run)
     return run
+
+
+def _stored_status(store: RunStore, run_id: str) -> str | None:
+    """The status of the run stored under ``run_id``, None where there is none."""
+    try:
+        return store.get(run_id, rows=False).status
+    except KeyError:
+        return None
 
 
 def train_many(cfgs: Sequence[TrainConfig], **kwargs) -> list[Run]:
