@@ -255,3 +255,45 @@ def test_batch_channel_norm_on_batch_statistics_needs_two_examples_per_forward_p
     assert not batch_split_ok(model, 1) and batch_split_ok(model, 2)
     model = build_model(MLPConfig(norm="batch_channel", in_dim=4, out_dim=3))  # estimated
     assert batch_split_ok(model, 1)
+
+
+# -- every probe: bad batches and arguments are ValueErrors, not errors from deep inside ----------
+def _probe_calls():
+    from workbench import probes as P
+
+    x, y = _batch(16)
+    wrong = (x[:, :3], y)  # 3 features for a model that takes 5
+    res = _model("batch", residual=True)
+    fit = "batch inputs of shape \\(16, 3\\) do not fit the model"
+    return [
+        (lambda: P.layer_norms(_model(), wrong, CE), fit),
+        (lambda: P.smoothness(_model(), wrong, CE), fit),
+        (lambda: P.channel_health(_model(), wrong), fit),
+        (lambda: P.landscape(_model(), wrong, CE, steps=3), fit),
+        (lambda: P.depth_variance(res, wrong, CE), fit),
+        (lambda: P.channel_health(_model(), x), "batch must be an \\(inputs, targets\\) pair"),
+        (lambda: P.hessian_trace(_model(), (x, y), CE, seed="a"), "seed must be an integer, got 'a'"),
+        (lambda: P.hessian_density(_model(), (x, y), CE, seed=1.5), "seed must be an integer, got 1.5"),
+        (lambda: P.gradient_noise_scale(_model(), (x, y), CE, seed="a"), "seed must be an integer"),
+        (lambda: P.landscape(_model(), (x, y), CE, seed=1.5), "seed must be an integer"),
+        (lambda: P.landscape(_model(), (x, y), CE, direction="checkpoint", other=5),
+         "other must be a model or its state_dict .* got int"),
+        (lambda: P.landscape(_model(), (x, y), CE, direction="checkpoint",
+                             other={n: t[:1] if t.dim() else t for n, t in _model().state_dict().items()}),
+         "the checkpoint's parameters do not fit the model: blocks.0.0.weight \\(1, 5\\)"),
+        (lambda: P.smoothness(_model(), (x, y), CE, etas=0.1), "etas must be a list of step sizes"),
+        (lambda: P.hessian_vs_batch_size(_model(), (x, y), CE, batch_sizes=[4], adam_eps=-1),
+         "adam_eps must be > 0, got -1"),
+        (lambda: P.hessian_density(_model(), (x, y), CE, sigma_rel=math.inf),
+         "sigma_rel must be a finite number"),
+        (lambda: P.run_together(_model(), (x, y), CE, names="layer_norms"),
+         "names must be a non-empty list .* got 'layer_norms'"),
+        (lambda: P.run_together(_model(), (x, y), CE, names=[]), "names must be a non-empty list"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(17))
+def test_probe_bad_input_is_a_value_error(i):
+    call, message = _probe_calls()[i]
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -39,6 +39,7 @@ import torch.autograd.forward_ad as fwAD
 from .._validate import check_choice, check_integer
 from ..models import MLP, ConvNet, Transformer
 from ..utils import preserved_state
+from ._batch import check_pair, run_model
 from ._directions import MODES, random_direction, restore_buffers, snapshot_buffers
 from ._tidy import tidy_frame
 
@@ -102,7 +103,7 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
     check_integer("seed", seed)
     structure = _structure(model)
     blocks = model.named_blocks()
-    x, y = batch
+    x, y = check_pair(batch)
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def shortcut(block, inp):
@@ -118,7 +119,7 @@ def depth_variance(model, batch, loss_fn, *, mode: str = "train", seed: int = 0)
         buffers = snapshot_buffers(model)
         handles = [b.register_forward_hook(record(i)) for i, (_, b) in enumerate(blocks)]
         try:
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(run_model(model, x), y)
         finally:
             for h in handles:
                 h.remove()

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch.func import functional_call, jacrev, replace_all_batch_norm_modules_
 
-from .._validate import check_choice, check_positive
+from .._validate import check_choice, check_integer, check_positive
 from ..norms import batch_split_ok, fitting_batch_size
 from ..utils import preserved_state
 from .hvp import (
@@ -137,6 +137,7 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         forward + double backward and up to ``max_hessian_examples + 1`` HVPs.
     """
     check_choice("mode", mode, MODES)
+    check_integer("seed", seed)
     x, y = check_batch(batch)
     n = x.shape[0]
     if n < 2:

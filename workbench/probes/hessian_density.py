@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._validate import check_positive
+from .._validate import check_integer, check_positive
 from ..utils import preserved_state
 from .hvp import TIDY, as_subsets, curvature_operator, random_vectors
 from .lanczos import lanczos_quadrature
@@ -57,7 +57,8 @@ def hessian_density(model, batch, loss_fn, *, num_runs: int = 4, steps: int = 30
     """
     for what, v in (("num_runs", num_runs), ("steps", steps), ("num_points", num_points)):
         check_positive(what, v, integer=True)
-    check_positive("sigma_rel", sigma_rel)
+    check_positive("sigma_rel", sigma_rel, finite=True)
+    check_integer("seed", seed)
     rows = []
     with preserved_state(model):
         for sub in as_subsets(params):

@@ -42,6 +42,12 @@ def hessian_top_eigs(model, batch, loss_fn, *, k: int = 1, bottom_k: int = 0, mo
     Note:
         Cost: one forward and one double backward, then one HVP (~1.5-2 gradients) per Lanczos
         step; ~20-40 steps for ``k=1`` at ``tol=1e-3``. Memory: ``max_iter x P`` for the basis.
+
+        Lanczos from one start vector sees an exactly repeated eigenvalue once: with ``k > 1``
+        an eigenvalue of multiplicity m is listed once, and the next rows are the next distinct
+        eigenvalues (converged all the same). Exact repeats come from symmetry, e.g. the output
+        layer's block (``params="head"``) of a multi-output MSE, whose Hessian is a Kronecker
+        product; clusters that are close but not equal are resolved with enough steps.
     """
     check_positive("k", k, integer=True)
     check_positive("bottom_k", bottom_k, allow_zero=True, integer=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .._validate import check_choice, check_positive
+from .._validate import check_choice, check_integer, check_positive
 from ..utils import preserved_state
 from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hvp import TIDY, as_subsets, curvature_operator, random_vectors, select_params
@@ -112,6 +112,7 @@ def hessian_trace(model, batch, loss_fn, *, method: str = "auto", num_matvecs: i
     """
     check_choice("method", method, METHODS)
     check_positive("num_matvecs", num_matvecs, integer=True)
+    check_integer("seed", seed)
     check_positive("rtol", rtol)
     methods = ("hutchpp", "hutchinson") if method == "both" else (method,)
     if {"hutchpp", "auto", "adaptive"} & set(methods) and num_matvecs < 3:

@@ -181,6 +181,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
         if b >= n:
             raise ValueError(f"batch size {b} must be smaller than the data source's {n} examples; "
                              f"valid: 1..{n - 1}")
+    check_positive("adam_eps", adam_eps, finite=True)
     k_sgd = stable_lr_factor(momentum, nesterov=nesterov)
     k_adam = stable_lr_factor(adam_beta1, ema=True, name="adam_beta1")
     gen = torch.Generator().manual_seed(seed)

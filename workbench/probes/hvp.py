@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice
+from ._batch import check_batch, forward_loss  # noqa: F401  (re-exported)
 from ._tidy import TIDY  # noqa: F401  (re-exported: the curvature probes import it from here)
 
 MODES = ("train", "eval")
@@ -47,36 +48,6 @@ def select_params(model: nn.Module, params: str | None = None) -> tuple[list[str
         raise ValueError(f"unknown params {params!r} (no trainable parameter under it); choose one "
                          f"of: {', '.join(modules[:40])}{', ...' if len(modules) > 40 else ''}")
     return [n for n, _ in picked], [p for _, p in picked]
-
-
-def check_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)`` with the same non-zero number of examples, else a ValueError."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(f"batch must be an (inputs, targets) pair, got {type(batch).__name__}")
-    x, y = batch
-    if not (torch.is_tensor(x) and torch.is_tensor(y)):
-        raise ValueError("batch must hold two tensors (inputs, targets)")
-    if x.dim() == 0 or y.dim() == 0:
-        raise ValueError(f"batch tensors need an example axis; got shapes {tuple(x.shape)}, {tuple(y.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("empty batch: inputs have 0 examples")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"batch inputs have {x.shape[0]} examples but targets have {y.shape[0]}")
-    return x, y
-
-
-def forward_loss(model: nn.Module, batch, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(outputs, loss)`` for a checked batch; a shape mismatch or a non-scalar loss is a ValueError."""
-    x, y = check_batch(batch)
-    try:
-        out = model(x)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"batch inputs of shape {tuple(x.shape)} do not fit the model: {err}") from err
-    loss = loss_fn(out, y)
-    if not torch.is_tensor(loss) or loss.numel() != 1:
-        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
-        raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {shape}")
-    return out, loss.reshape(())
 
 
 def _flat(ts, params) -> torch.Tensor:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
 
-from .._validate import check_choice, check_positive
+from .._validate import check_choice, check_integer, check_positive
 from ..utils import preserved_state
+from ._batch import check_pair, run_model
 from ._directions import (
     MODES,
     filter_normalize,
@@ -99,9 +101,13 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
     if (other is None) == (direction == "checkpoint"):
         raise ValueError("other (a state_dict or model) is needed with direction='checkpoint' "
                          "and only there")
+    check_integer("seed", seed)
+    if direction == "checkpoint" and not isinstance(other, (torch.nn.Module, Mapping)):
+        raise ValueError("other must be a model or its state_dict (a mapping of names to tensors), "
+                         f"got {type(other).__name__}")
     named = trainable(model)
     params = [p for _, p in named]
-    x, y = batch
+    x, y = check_pair(batch)
     hvps, converged, dirs, buffer_dir = 0, True, [], None
     gen = torch.Generator().manual_seed(seed)
     if direction == "checkpoint":
@@ -109,6 +115,10 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
         missing = [n for n, _ in named if n not in state]
         if missing:
             raise ValueError(f"the checkpoint lacks parameters the model has: {', '.join(missing[:5])}")
+        wrong = [f"{n} {tuple(state[n].shape)} (the model's: {tuple(p.shape)})" for n, p in named
+                 if not torch.is_tensor(state[n]) or state[n].shape != p.shape]
+        if wrong:
+            raise ValueError(f"the checkpoint's parameters do not fit the model: {', '.join(wrong[:5])}")
         dirs.append(flatten([state[n].to(p) for n, p in named]) - flatten(params))
         buffer_dir = {n: state[n].to(b) - b for n, b in model.named_buffers()
                       if b.is_floating_point() and n in state}
@@ -194,7 +204,7 @@ def _one_by_one(model, params, dirs, buffers, buffer_dir, b0, x, y, loss_fn):
                 restore_buffers(buffers)
             for n, d in (buffer_dir or {}).items():
                 named_buffers[n].copy_(b0[n] + c[0] * d)
-            out.append(loss_fn(model(x), y).detach())
+            out.append(loss_fn(run_model(model, x), y).detach())
         return torch.stack(out).tolist() if out else []
     return run
 

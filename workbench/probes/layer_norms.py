@@ -13,6 +13,7 @@ import torch
 
 from .._validate import check_choice
 from ..utils import forward_uses_rng, preserved_state
+from ._batch import check_pair, run_model
 from ._tidy import tidy_frame
 
 MODES = ("train", "eval")
@@ -37,10 +38,10 @@ def layer_norms(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
     """
     check_choice("mode", mode, MODES)
     weights = weight_layers(model)
-    x, y = batch
+    x, y = check_pair(batch)
     with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False):
         model.train(mode == "train")
-        grads = torch.autograd.grad(loss_fn(model(x), y), [w for _, w in weights], allow_unused=True)
+        grads = torch.autograd.grad(loss_fn(run_model(model, x), y), [w for _, w in weights], allow_unused=True)
     return tidy_frame("layer_norms", norm_rows(weights, grads))
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .._validate import check_choice, check_positive
 from ..utils import forward_uses_rng, preserved_state
+from ._batch import check_pair, run_model
 from ._directions import (
     MODES,
     flat_view,
@@ -45,6 +46,8 @@ def eta_grid(lr: float, etas=None, num_etas: int = 8) -> list[float]:
             return [float(lr)]
         lo, hi = math.log(lr / 16), math.log(2 * lr)
         return [math.exp(lo + (hi - lo) * i / (num_etas - 1)) for i in range(num_etas)]
+    if isinstance(etas, (int, float, str)) or not hasattr(etas, "__iter__"):
+        raise ValueError(f"etas must be a list of step sizes (e.g. [{etas!r}]), got {etas!r}")
     etas = [float(e) for e in etas]
     if not etas:
         raise ValueError("etas is empty; give at least one positive step size (e.g. [0.01, 0.1])")
@@ -81,11 +84,11 @@ def smoothness(model, batch, loss_fn, *, lr: float = 0.05, etas=None, num_etas: 
     check_choice("mode", mode, MODES)
     etas = eta_grid(lr, etas, num_etas)
     params, layers = smoothness_targets(model)
-    x, y = batch
+    x, y = check_pair(batch)
     with preserved_state(model, rng=forward_uses_rng(model), grads=False):
         model.train(mode == "train")
         buffers = snapshot_buffers(model)
-        loss0 = loss_fn(model(x), y)
+        loss0 = loss_fn(run_model(model, x), y)
         grads = torch.autograd.grad(loss0, params, allow_unused=True)
         rows, per, _ = smoothness_rows(model, batch, loss_fn, params, layers, buffers, loss0,
                                        grads, etas, lr)

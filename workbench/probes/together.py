@@ -84,6 +84,9 @@ class Together:
 
     def __init__(self, names: Sequence[str], *, mode: str = "train"):
         check_choice("mode", mode, MODES)
+        if isinstance(names, str) or not names:
+            raise ValueError(f"names must be a non-empty list of probes to run together (e.g. "
+                             f"['layer_norms']), got {names!r}; choose from: {', '.join(FUSABLE)}")
         names = list(dict.fromkeys(names))
         for name in names:
             check_choice("probe to run together", name, FUSABLE)

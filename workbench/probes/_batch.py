@@ -1,0 +1,49 @@
+"""A probe's batch: checked, and run through the model with a clear error when it does not fit."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def check_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` with the same non-zero number of examples, else a ValueError."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"batch must be an (inputs, targets) pair, got {type(batch).__name__}")
+    x, y = batch
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise ValueError("batch must hold two tensors (inputs, targets)")
+    if x.dim() == 0 or y.dim() == 0:
+        raise ValueError(f"batch tensors need an example axis; got shapes {tuple(x.shape)}, {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("empty batch: inputs have 0 examples")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"batch inputs have {x.shape[0]} examples but targets have {y.shape[0]}")
+    return x, y
+
+
+def check_pair(batch) -> tuple:
+    """``(inputs, targets)``: any pair, for the probes that hand both on as they are (a model and a
+    loss of the user's may take other types than tensors), else a ValueError."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"batch must be an (inputs, targets) pair, got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+def forward_loss(model: nn.Module, batch, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(outputs, loss)`` for a checked batch; a shape mismatch or a non-scalar loss is a ValueError."""
+    x, y = check_batch(batch)
+    out = run_model(model, x)
+    loss = loss_fn(out, y)
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {shape}")
+    return out, loss.reshape(())
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``; inputs that do not fit the model are a ValueError naming their shape."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError) as err:
+        what = f"of shape {tuple(x.shape)}" if torch.is_tensor(x) else f"of type {type(x).__name__}"
+        raise ValueError(f"batch inputs {what} do not fit the model: {err}") from err
