@@ -297,3 +297,9 @@ def test_probe_bad_input_is_a_value_error(i):
     call, message = _probe_calls()[i]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_data_set_name_where_a_data_config_belongs_is_named():
+    """``base: {data: digits}`` in a sweep file said "unknown DataConfig field 'd'"."""
+    with pytest.raises(ValueError, match="a data config must be a mapping .* e.g. {name: 'digits'}"):
+        TrainConfig.from_dict({"data": "digits"})

@@ -266,3 +266,21 @@ def test_restore_without_weights_is_a_clear_error(tmp_path):
         store.restore(run.run_id)
     with pytest.raises(KeyError, match="no run 'ffff'"):
         store.restore("ffff")
+
+
+def test_files_are_readable_as_new_files_are_and_a_damaged_run_is_named_not_fatal(tmp_path):
+    """mkstemp's owner-only mode made a store shared by a group unreadable to the others; one
+    truncated meta.json made every listing fail with a bare JSON error."""
+    store = RunStore(tmp_path)
+    store.save(_run())
+    store.save(_run("def456"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (tmp_path / "abc123").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    meta = tmp_path / "def456" / "meta.json"
+    meta.write_text(meta.read_text()[:20])  # truncated
+    with pytest.warns(RuntimeWarning, match=r"left out: .*def456.*meta.json is not valid JSON"):
+        assert list(store.summary().run_id) == ["abc123"]
+    with pytest.raises(ValueError, match="meta.json is not valid JSON"):
+        store.get("def456")

@@ -69,6 +69,9 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
         valid = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict):
+            raise ValueError(f"a data config must be a mapping of its fields ({', '.join(valid)}), "
+                             f"e.g. {{name: {d!r}}}, got {d!r}")
         for key in d:
             if key not in valid:
                 raise ValueError(f"unknown DataConfig field {key!r}; valid fields: {', '.join(valid)}")

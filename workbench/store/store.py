@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +20,23 @@ _RUN_ID_CHARS = set("0123456789abcdef")
 WEIGHTS = "weights.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def _write_temp(path: Path, data: bytes) -> str:
-    """``data`` in a new temp file beside ``path`` (fsynced); its name, for ``os.replace``."""
+    """``data`` in a new temp file beside ``path`` (fsynced); its name, for ``os.replace``.
+
+    ``mkstemp`` makes the file readable by its owner only; it gets the permissions an ordinary
+    new file would (0666 less the umask), so a store shared by a group stays readable."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -31,6 +45,15 @@ def _write_temp(path: Path, data: bytes) -> str:
         os.unlink(tmp)
         raise
     return tmp
+
+
+def _json(path: Path, text: str | None = None):
+    """A stored JSON file, read; a damaged one is a ValueError naming it."""
+    try:
+        return json.loads(path.read_text() if text is None else text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the run was damaged; delete its "
+                         "folder (RunStore.delete) or train it again") from None
 
 
 class RunStore:
@@ -116,7 +139,7 @@ class RunStore:
                         "while it was read")
         try:
             text = (folder / "meta.json").read_text()
-            config = json.loads((folder / "config.json").read_text())
+            config = _json(folder / "config.json")
             frame = pd.read_parquet(folder / "rows.parquet") if rows else empty_frame()
             # another run saved under this id in between (its meta.json differs: start time,
             # wall time): the files read may mix the two runs. (The same run saved again
@@ -125,7 +148,7 @@ class RunStore:
                 raise gone
         except FileNotFoundError:  # deleted, or being overwritten (meta.json goes first)
             raise gone from None
-        meta = json.loads(text)
+        meta = _json(folder / "meta.json", text)
         if "converged" in frame and frame["converged"].dtype == object:
             # NaN (rows without a convergence flag) comes back from Parquet as None
             frame["converged"] = frame["converged"].where(frame["converged"].notna(), float("nan"))
@@ -199,7 +222,8 @@ class RunStore:
         Safe while other processes write to the store: a run being overwritten (its
         ``meta.json`` is removed first; its files changed within the last two seconds) is read
         again after ``wait`` seconds, up to ``retries`` times; a run deleted meanwhile, never
-        stored, or left incomplete by a killed writer is left out at once."""
+        stored, or left incomplete by a killed writer is left out at once, one with damaged
+        files (not valid JSON) with a warning naming the file."""
         if run_ids is None:  # every run folder: one being overwritten has no meta.json now
             run_ids = sorted(p.name for p in self.root.iterdir()
                              if p.is_dir() and set(p.name) <= _RUN_ID_CHARS) if self.root.exists() else []
@@ -213,6 +237,9 @@ class RunStore:
                     else:
                         time.sleep(wait)
                         continue
+                except ValueError as err:  # damaged files: the others are still listed
+                    warnings.warn(f"left out: {err}", RuntimeWarning, stacklevel=2)
+                    run = None
                 break
             if run is not None:
                 yield run
