@@ -156,7 +156,7 @@ px.line(sweep, x="lr", y="test_loss", color="optimizer", log_x=True, log_y=True,
 # ## 3. "Train longer": weight distance grows like log t
 # A probe is any function `(model, batch, loss_fn) -> rows`; this one remembers w₀ on its first
 # call and reports ‖w_t − w₀‖ over all parameters, at 30 log-spaced steps of a 2000-step
-# small-batch run.
+# small-batch run (28 distinct ones; the fits use those from t = 10 on).
 
 # %%
 def weight_distance():
@@ -185,10 +185,14 @@ def distance_fits(steps=2000, batch_size=B0, seed=0):
     t, dist = d.step.to_numpy(float), d.value.to_numpy()
     keep = t >= 10  # the law is about the long run, not the first few steps
     t, dist = t[keep], dist[keep]
+    # three laws, each with two parameters, each fitted by least squares on the distance itself
     slope, icpt = np.polyfit(np.log(t), dist, 1)           # a + b log t
-    k, logc = np.polyfit(np.log(t), np.log(dist), 1)       # c t^k
-    c_sqrt = (dist @ np.sqrt(t)) / t.sum()                 # c sqrt(t): a random walk
-    fits = {"log": icpt + slope * np.log(t), "power": np.exp(logc) * t ** k, "sqrt": c_sqrt * np.sqrt(t)}
+    c_half, a_half = np.polyfit(np.sqrt(t), dist, 1)       # a + c sqrt(t): a random walk
+    ks = np.linspace(0.01, 1.0, 100)                       # c t^k: best c for each k, best k
+    cs = np.array([(dist @ t**q) / (t**q @ t**q) for q in ks])
+    best = int(np.argmin([((dist - c * t**q) ** 2).sum() for c, q in zip(cs, ks)]))
+    k = ks[best]
+    fits = {"log": icpt + slope * np.log(t), "power": cs[best] * t**k, "sqrt": a_half + c_half * np.sqrt(t)}
     return t, dist, fits, {"b_per_log_step": slope, "power_k": k,
                            **{f"r2_{name}": r2(dist, f) for name, f in fits.items()}}
 
@@ -202,7 +206,7 @@ print(stats.round(3).to_string())
 
 # %%
 assert stats["r2_log"] > 0.98, "distance is not linear in log t"
-assert stats["r2_log"] > stats["r2_power"] + 0.02 and stats["r2_log"] > stats["r2_sqrt"] + 0.2
+assert stats["r2_log"] > stats["r2_power"] and stats["r2_log"] > stats["r2_sqrt"] + 0.05
 assert stats["b_per_log_step"] > 0
 
 # %%
@@ -217,8 +221,10 @@ fig.update_layout(xaxis_type="log", xaxis_title="update t (log scale)", yaxis_ti
                   title="Weight distance from initialization, B = 16")
 
 # %% [markdown]
-# On a log-t axis the distance is a straight line (R² ≈ 0.99), while a random walk (√t) fits
-# poorly. **Caveat at toy scale:** at B = 512 with constant lr the net fits the 1024 training
+# On a log-t axis the distance is a straight line (R² ≈ 0.99). The alternatives, each also with
+# two parameters and fitted by least squares on the distance, fit worse: a random walk
+# a + c√t (R² ≈ 0.89) and a power law c·t^k (best k ≈ 0.26, R² ≈ 0.96). (A power law with an
+# offset, a + c·t^k, can match the log only by sending k → 0, where it *becomes* a + b log t.) **Caveat at toy scale:** at B = 512 with constant lr the net fits the 1024 training
 # examples within a few hundred updates, the gradient vanishes and the distance plateaus — try
 # it below.
 #
