@@ -112,7 +112,8 @@ print(store.summary()[["status", "norm", "batch_size", "lr", "steps"]].to_string
 
 # %% [markdown]
 # Any probe runs on a restored model, here or later in another session (or from the shell:
-# `python -m workbench probe RUN_ID hessian_top_eigs`): the model is rebuilt from the config,
+# `python -m workbench probe RUN_ID hessian_top_eigs --store FOLDER`, FOLDER being the store's
+# root, here a temporary one; the shell probes 256 training examples by default): the model is rebuilt from the config,
 # its final weights (BatchNorm's running statistics included) loaded, the data regenerated.
 
 # %%

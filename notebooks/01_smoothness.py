@@ -336,7 +336,7 @@ widgets.interact_manual(rerun, norm=list(VARIANTS),
 #   claim. Matching the function and the scale is what makes the comparison fair.
 #
 # **Try next:** `NORMLAB_FULL=1` (nine seeds); per-layer rows (`layer != ""`) and
-# `lr_effective`; PowerNorm (`norm="power"`): its paper's claim, a smaller Lipschitz constant
+# `lr_effective`; PowerNorm (add `"PowerNorm": ("power", False)` to `VARIANTS`): its paper's claim, a smaller Lipschitz constant
 # of the loss than BN, is about transformers and is not asserted here — on this MLP (9 seeds)
 # PowerNorm's median gradient norm was neither consistently lower nor higher than BN's, and it
 # trained slower; the `landscape` probe for 1-D/2-D loss slices; then

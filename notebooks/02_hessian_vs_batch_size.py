@@ -325,7 +325,7 @@ def rerun(steps=100, num_batches=8):
     lambda_figure(p, f, f"checkpoint after {steps} steps", num_batches).show()
 
 
-widgets.interact_manual(rerun, steps=widgets.IntSlider(value=100, min=1, max=500, step=20),
+widgets.interact_manual(rerun, steps=widgets.IntSlider(value=100, min=20, max=500, step=20),
                         num_batches=widgets.IntSlider(value=8, min=2, max=16))
 
 # %% [markdown]
@@ -339,7 +339,7 @@ widgets.interact_manual(rerun, steps=widgets.IntSlider(value=100, min=1, max=500
 #   SGD's grows like B^0.76–0.90 over B = 8…64. The exact exponent depends on the training budget;
 #   the ordering does not.
 #
-# **Try next:** `NORMLAB_FULL=1`; a checkpoint at step 1 vs 500 (sharpness changes during
+# **Try next:** `NORMLAB_FULL=1`; a checkpoint at step 20 vs 500 (sharpness changes during
 # training); `kind="ggn"` in the probe (the paper: "similar results for the Generalised
 # Gauss-Newton matrix"); a BatchNorm MLP (`mode="train"` vs `"eval"` Hessians); then
 # `06_large_batch` for what large batches do to generalization.

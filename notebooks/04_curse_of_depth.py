@@ -125,7 +125,8 @@ print(summary.round(3).to_string())
 # predicts. Post-LN's blocks end in an LN of the sum, so none of them is close to the identity
 # (≈ 0.4 at every depth).
 # Post-LN renormalizes the stream after every block, so its variance stays near the LN gains'
-# scale (≈ 1).
+# scale: ≈ 1 after every block but the last (≈ 1.5 in the stored run, which is all of Post-LN's
+# `var_growth_trained`).
 
 # %%
 pre, lns, post, mix = (summary.loc[n] for n in PLACEMENTS)
@@ -238,14 +239,16 @@ assert post.grad_last_over_first > 1.1, "Post-LN: earlier blocks should get smal
 # 2 CPU cores, Mix-LN is lowest in each of three seeds (Mix-LN 1.632 / 1.653 / 1.627, Pre-LN
 # 1.755 / 1.773 / 1.706, Post-LN 1.822 / 1.837 / 1.711, LNS 1.823 / 1.864 / 1.830; about 4
 # minutes). That is the paper's performance claim; its mechanism — more uniform gradients —
-# still does not show at this scale (section 3), and LNS does not help here.
+# still does not show at this scale (section 3), and LNS does not help here (with PyTorch's
+# default init over 600 steps; with N(0, 0.02²) init over 1500 steps, section 2's table, it was
+# slightly ahead in 2 of 3 seeds).
 
 # %%
 if FULL:
     hard = DataConfig(name="markov", n_train=4096, n_test=256, seed=0,
                       options={"vocab_size": 32, "order": 2, "branching": 4})
     hard_set = make_dataset(hard)
-    held_out = {}
+    hard_losses = {}  # (not held_out: the cells above use that name)
     for seed in SEEDS:
         for name, placement in PLACEMENTS.items():
             cfg = TrainConfig(model=TransformerConfig(depth=DEPTH, d_model=32, heads=2, placement=placement),
@@ -253,8 +256,8 @@ if FULL:
                               warmup_steps=50, eval_every=0, seed=seed)
             model = train(cfg).model
             with torch.no_grad():
-                held_out[(name, seed)] = float(hard_set.loss_fn(model(hard_set.x_test), hard_set.y_test))
-    hard_loss = pd.Series(held_out).unstack()  # placement x seed
+                hard_losses[(name, seed)] = float(hard_set.loss_fn(model(hard_set.x_test), hard_set.y_test))
+    hard_loss = pd.Series(hard_losses).unstack()  # placement x seed
     print(hard_loss.round(3).to_string())
     for seed in SEEDS:
         assert hard_loss[seed].idxmin() == "Mix-LN", f"seed {seed}: {hard_loss[seed].idxmin()} beats Mix-LN"
@@ -324,5 +327,5 @@ widgets.interact_manual(rerun, depth=widgets.IntSlider(value=12, min=2, max=24, 
 # - The paper's "exponential" is an upper bound and an observation on large trained models;
 #   here the growth is super-linear but not clearly exponential (plot log Var against l).
 #
-# **Try next:** `NORMLAB_FULL=1`; depth 24 and 400 steps (FULL-scale on real hardware);
+# **Try next:** `NORMLAB_FULL=1`; depth 24 and 400 steps in the widget (more than FULL runs);
 # `mix_fraction` of `TransformerConfig`; RMSNorm (`norm="rms"`); `05_micro_batch_and_singularities`.
