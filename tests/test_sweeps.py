@@ -287,3 +287,14 @@ def test_ctrl_c_stops_a_serial_sweep_not_just_its_current_run(tmp_path, monkeypa
     assert result.interrupted
     assert len(store.run_ids()) == 1 and store.get(store.run_ids()[0]).status == "finished"
     assert len(calls) == 2  # nothing trained after the Ctrl-C
+
+
+def test_a_misspelt_analysis_field_is_refused_with_the_valid_ones():
+    """``analysis: {by: [model.nrom]}`` passed and the tables silently lost their grouping."""
+    spec = {"base": {}, "grid": {"lr": [0.1]}}
+    with pytest.raises(ValueError, match="unknown analysis 'by' field 'model.nrom'; valid fields: .*model.norm"):
+        Sweep.from_dict({**spec, "analysis": {"by": ["model.nrom"]}})
+    with pytest.raises(ValueError, match="analysis 'lr_by' expects a list of config fields"):
+        Sweep.from_dict({**spec, "analysis": {"lr_by": "optimizer"}})
+    assert Sweep.from_dict({**spec, "analysis": {"by": ["model.norm", "model.norm_options.groups"],
+                                                 "lr_by": ["optimizer"]}}).analysis["lr_by"] == ["optimizer"]

@@ -173,6 +173,14 @@ class Sweep:
                                  f"TrainConfig, got {run!r}")
             for path, v in run.items():
                 _check_type(f"extra[{i}]", path, v, _resolve(path, fields, f"extra[{i}]"))
+        for key in ("by", "lr_by"):  # the analyses group by these config fields
+            paths = self.analysis.get(key, [])
+            if not isinstance(paths, list) or not all(isinstance(q, str) for q in paths):
+                raise ValueError(f"analysis {key!r} expects a list of config fields (e.g. "
+                                 f"[model.norm]), got {paths!r}")
+            for path in paths:
+                if path not in ("seed", "batch_size") and path not in fields:
+                    _resolve(path, fields, f"analysis {key!r}")
         self.configs()  # every run must be a valid config: fail at definition, not mid-sweep
 
     def points(self) -> list[tuple[str, dict | TrainConfig]]:
