@@ -49,7 +49,7 @@ def as_floats(obj) -> None:
     import dataclasses
 
     for f in dataclasses.fields(obj):
-        if f.type not in ("float", "float | None"):
+        if f.type not in ("float", "float | None", float):
             continue
         value = getattr(obj, f.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -136,7 +136,7 @@ def fitting_batch_size(model: nn.Module, size: int, limit: int) -> int:
 __all__ = [
     "LAYOUTS", "NORMS", "NORM_CLASSES", "BatchChannelNorm", "BatchNorm", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "NormSpec", "PowerNorm", "RMSNorm", "WSConv2d",
-    "WSLinear", "batch_split_ok", "fitting_batch_size", "is_norm_module", "last_virtual_batch_of_one", "make_norm",
-    "norm_layouts",
+    "WSLinear", "batch_split_ok", "fitting_batch_size", "is_norm_module",
+    "last_virtual_batch_of_one", "make_norm", "norm_layouts",
     "standardize_weight",
 ]

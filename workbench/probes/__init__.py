@@ -48,7 +48,7 @@ PRESETS = {
 # and notes it in the run's meta); the probe named on its own still raises.
 PRESET_NEEDS = {"channel_health": activation_modules}
 
-__all__ = ["PRESETS", "PRESET_NEEDS", "PROBES", "FixedBatch", "Together", "channel_health", "depth_variance",
-           "gradient_noise_scale", "hessian_density", "hessian_top_eigs", "hessian_trace",
+__all__ = ["PRESETS", "PRESET_NEEDS", "PROBES", "FixedBatch", "Together", "channel_health",
+           "depth_variance", "gradient_noise_scale", "hessian_density", "hessian_top_eigs", "hessian_trace",
            "hessian_vs_batch_size", "landscape", "layer_norms", "on_batch", "run_together",
            "smoothness", "smoothness_small"]

@@ -41,7 +41,8 @@ def layer_norms(model, batch, loss_fn, *, mode: str = "train") -> pd.DataFrame:
     x, y = check_pair(batch)
     with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False):
         model.train(mode == "train")
-        grads = torch.autograd.grad(loss_fn(run_model(model, x), y), [w for _, w in weights], allow_unused=True)
+        grads = torch.autograd.grad(loss_fn(run_model(model, x), y), [w for _, w in weights],
+                                    allow_unused=True)
     return tidy_frame("layer_norms", norm_rows(weights, grads))
 
 

@@ -500,10 +500,11 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
 
 
 def _stored_status(store: RunStore, run_id: str) -> str | None:
-    """The status of the run stored under ``run_id``, None where there is none."""
+    """The status of the run stored under ``run_id``, None where there is none (or its files are
+    damaged: then the new run replaces it)."""
     try:
         return store.get(run_id, rows=False).status
-    except KeyError:
+    except (KeyError, ValueError):
         return None
 
 
