@@ -2,8 +2,11 @@
 
 The sampler walks one permutation of ``range(n)`` per epoch and wraps into the next epoch when an
 epoch ends mid-batch, so every example is seen exactly once per epoch whatever the batch sizes.
-Epoch ``e``'s permutation is a pure function of ``(seed, e)``, so the whole state is the count of
-examples consumed, and torch's global RNG is never touched.
+Epoch ``e``'s permutation is a pure function of ``(seed, e)``; torch's global RNG is never touched.
+A batch that wraps takes the next epoch's first examples *that are not already in it*: those come
+first in that epoch, the others keep their order (with a fresh permutation per epoch, the head of
+the next one can hold examples of the last one's tail: a batch would hold them twice). So the
+state is the count of examples consumed and, for an epoch that began mid-batch, that head.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ class BatchSampler:
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.consumed = 0  # examples drawn so far, over all epochs
         self._cache: tuple[int, torch.Tensor] | None = None
+        # (epoch, its first examples) for an epoch that began mid-batch, and that epoch's order
+        self._head: tuple[int, torch.Tensor] | None = None
+        self._order_cache: tuple[int, torch.Tensor] | None = None
 
     @property
     def epoch(self) -> float:
@@ -52,23 +58,39 @@ class BatchSampler:
             self._cache = (key, torch.randperm(self.n, generator=generator(self.seed, f"epoch{key}")))
         return self._cache[1]
 
+    def order(self, epoch: int) -> torch.Tensor:
+        """The order (n,) in which epoch ``epoch`` is drawn: its permutation, with the head a
+        wrapping batch took from it first (see the module's docstring)."""
+        if self._head is None or self._head[0] != epoch:
+            return self.permutation(epoch)
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            perm, head = self.permutation(epoch), self._head[1]
+            self._order_cache = (epoch, torch.cat([head, perm[~torch.isin(perm, head)]]))
+        return self._order_cache[1]
+
     def next(self, batch_size: int) -> torch.Tensor:
         """The next ``batch_size`` example indices, LongTensor (batch_size,), distinct within a batch."""
         check_positive("batch_size", batch_size, integer=True)
         if batch_size > self.n:
             raise ValueError(f"batch_size={batch_size} exceeds the number of examples n={self.n}; "
                              f"valid values: 1..{self.n}")
-        parts, need = [], batch_size
-        while need:
-            epoch, pos = divmod(self.consumed, self.n)
-            take = min(need, self.n - pos)
-            parts.append(self.permutation(epoch)[pos:pos + take])
-            self.consumed += take
-            need -= take
-        return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
+        epoch, pos = divmod(self.consumed, self.n)
+        take = min(batch_size, self.n - pos)
+        part = self.order(epoch)[pos:pos + take]
+        self.consumed += take
+        if take == batch_size:
+            return part.clone()
+        # the batch wraps: the next epoch starts with its first examples not already in it
+        perm = self.permutation(epoch + 1)
+        head = perm[~torch.isin(perm, part)][:batch_size - take]
+        self._head, self._order_cache = (epoch + 1, head), None
+        self.consumed += len(head)
+        return torch.cat([part, head])
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "shuffle": self.shuffle, "seed": self.seed, "consumed": self.consumed}
+        head = None if self._head is None else [self._head[0], self._head[1].tolist()]
+        return {"n": self.n, "shuffle": self.shuffle, "seed": self.seed, "consumed": self.consumed,
+                "head": head}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`; the sampler must be for the same number of examples."""
@@ -78,7 +100,9 @@ class BatchSampler:
         check_choice("shuffle mode", state["shuffle"], SHUFFLES)
         check_positive("consumed", state["consumed"], allow_zero=True, integer=True)
         self.shuffle, self.seed, self.consumed = state["shuffle"], state["seed"], state["consumed"]
-        self._cache = None
+        head = state.get("head")  # None, or absent in states saved before heads were kept
+        self._head = None if head is None else (int(head[0]), torch.as_tensor(head[1], dtype=torch.long))
+        self._cache = self._order_cache = None
 
 
 def split_micro(idx: torch.Tensor, micro_batch: int | None) -> list[torch.Tensor]:
