@@ -237,6 +237,33 @@ def test_return_vectors_are_eigenvectors_shaped_like_parameters():
         torch.testing.assert_close(H @ flat, lam_i * flat, atol=1e-6, rtol=0)
 
 
+def test_repeated_eigenvalues_are_listed_as_often_as_they_repeat():
+    """Linear regression with 3 outputs and MSE: H = I_3 (x) A, so every eigenvalue of A is 3-fold.
+    Lanczos from one start vector saw each once: top-3 came back as A's top three, converged."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3).double()
+    x = torch.randn(64, 5, dtype=torch.float64)
+    batch = (x, torch.randn(64, 3, dtype=torch.float64))
+
+    def mse(out, y):
+        return ((out - y) ** 2).mean()
+
+    evals = torch.linalg.eigvalsh(dense(model, batch, mse, "train"))
+    frame, vecs = hessian_top_eigs(model, batch, mse, k=4, bottom_k=3, tol=1e-8, return_vectors=True)
+    eig = frame[frame.metric == "eigenvalue"].set_index("index").value
+    assert eig[[1, 2, 3, 4]].tolist() == pytest.approx(evals.flip(0)[:4].tolist(), rel=1e-7)
+    assert eig[[1, 2, 3]].nunique() == 1 or eig[1] - eig[3] < 1e-9  # one value, three times
+    assert eig[[-1, -2, -3]].tolist() == pytest.approx(evals[:3].tolist(), rel=1e-7, abs=1e-10)
+    assert frame.converged.all()
+    V = torch.stack([torch.cat([t.reshape(-1) for t in v.values()]) for v in vecs])
+    torch.testing.assert_close(V @ V.T, torch.eye(7, dtype=torch.float64), atol=1e-6, rtol=0)
+    # without repeats the deflated check costs a short extra run and changes nothing
+    model, batch = mlp("none"), features()
+    ref = torch.linalg.eigvalsh(dense(model, batch, CE, "train")).flip(0)[:3]
+    f = hessian_top_eigs(model, batch, CE, k=3, tol=1e-10)
+    assert f[f.metric == "eigenvalue"].value.tolist() == pytest.approx(ref.tolist(), rel=1e-8)
+
+
 def test_non_converged_lanczos_returns_best_estimate():
     model, batch = mlp("none"), features()
     f = hessian_top_eigs(model, batch, CE, k=1, max_iter=3, tol=1e-12)

@@ -132,3 +132,63 @@ def lanczos_quadrature(matmat, v0: torch.Tensor, steps: int) -> tuple[np.ndarray
         theta, s = np.linalg.eigh(_tridiag(A[r], Bt[r]))
         nodes[r], weights[r] = theta, s[0] ** 2
     return nodes, weights
+
+
+def deflated_eigs(matvec, v0: torch.Tensor, *, k: int = 1, bottom_k: int = 0, max_iter: int = 100,
+                  tol: float = 1e-3, seed: int = 0, return_vectors: bool = False) -> EigResult:
+    """:func:`lanczos_eigs`, with the copies of repeated eigenvalues it cannot see.
+
+    Lanczos from one start vector sees each eigenvalue once, whatever its multiplicity: top-3 of
+    a spectrum ``(1, 1, 1, 0.5, ...)`` came back as ``(1, 0.5, ...)``. So, where more than one
+    eigenvalue at an end is wanted, Lanczos runs again from a fresh random start (``seed``) on
+    the operator deflated by the eigenvectors found, ``(I - Q Q^T) A (I - Q Q^T)``, asking for
+    the extreme one at each end of what remains; one that beats the k-th found joins the list,
+    and this repeats until none does. Without repeats this costs one more (short) run.
+    """
+    res = lanczos_eigs(matvec, v0, k=k, bottom_k=bottom_k, max_iter=max_iter, tol=tol,
+                       return_vectors=True)
+    if k <= 1 and bottom_k <= 1 or res.iters >= v0.numel():  # nothing to miss, or A is all seen
+        return res if return_vectors else _without_vectors(res)
+    top = list(zip(res.top, res.top_residuals, res.top_vectors))
+    bottom = list(zip(res.bottom, res.bottom_residuals, res.bottom_vectors))
+    iters, converged = res.iters, res.converged
+    # not ``seed`` itself: v0 may come from a generator seeded with it, and a start equal to v0
+    # lies in the Krylov space already explored (an invariant one when v0 saw all it could)
+    gen = torch.Generator(device=v0.device).manual_seed((seed * 1_000_003 + 7_919) % 2**63)
+    for _ in range(k + bottom_k):
+        Q, _ = torch.linalg.qr(torch.stack([v for *_, v in top + bottom]).T)  # (P, m)
+
+        def deflated(v, Q=Q):
+            w = matvec(v - Q @ (Q.T @ v))
+            return w - Q @ (Q.T @ w)
+
+        start = torch.randn(v0.numel(), generator=gen, dtype=v0.dtype, device=v0.device)
+        start = start - Q @ (Q.T @ start)
+        more = lanczos_eigs(deflated, start, k=1 if k > 1 else 0, bottom_k=1 if bottom_k > 1 else 0,
+                            max_iter=max_iter, tol=tol, return_vectors=True)
+        iters, converged = iters + more.iters, converged and more.converged
+        scale = max(abs(top[0][0]) if top else 0.0, abs(bottom[0][0]) if bottom else 0.0, 1e-30)
+        joined = False
+        if k > 1 and len(more.top) and more.top[0] > top[-1][0] + tol * scale:
+            top = sorted(top + [(more.top[0], more.top_residuals[0], more.top_vectors[0])],
+                         key=lambda t: -t[0])[:k]
+            joined = True
+        if bottom_k > 1 and len(more.bottom) and more.bottom[0] < bottom[-1][0] - tol * scale:
+            bottom = sorted(bottom + [(more.bottom[0], more.bottom_residuals[0],
+                                       more.bottom_vectors[0])], key=lambda t: t[0])[:bottom_k]
+            joined = True
+        if not joined:
+            break
+    out = EigResult(np.array([t[0] for t in top]), np.array([t[1] for t in top]),
+                    np.array([t[0] for t in bottom]), np.array([t[1] for t in bottom]),
+                    iters, converged)
+    if return_vectors:
+        dim = v0.numel()
+        out.top_vectors = torch.stack([t[2] for t in top]) if top else v0.new_zeros(0, dim)
+        out.bottom_vectors = torch.stack([t[2] for t in bottom]) if bottom else v0.new_zeros(0, dim)
+    return out
+
+
+def _without_vectors(res: EigResult) -> EigResult:
+    res.top_vectors = res.bottom_vectors = None
+    return res
