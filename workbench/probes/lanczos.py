@@ -156,7 +156,10 @@ def deflated_eigs(matvec, v0: torch.Tensor, *, k: int = 1, bottom_k: int = 0, ma
     # lies in the Krylov space already explored (an invariant one when v0 saw all it could)
     gen = torch.Generator(device=v0.device).manual_seed((seed * 1_000_003 + 7_919) % 2**63)
     for _ in range(k + bottom_k):
-        Q, _ = torch.linalg.qr(torch.stack([v for *_, v in top + bottom]).T)  # (P, m)
+        # an orthonormal basis of the vectors found (a short Krylov space can put one vector in
+        # both lists: a rank-deficient QR would deflate an arbitrary extra direction)
+        U, S, _ = torch.linalg.svd(torch.stack([v for *_, v in top + bottom]).T, full_matrices=False)
+        Q = U[:, S > 1e-8 * S[0]]  # (P, rank)
 
         def deflated(v, Q=Q):
             w = matvec(v - Q @ (Q.T @ v))
