@@ -42,15 +42,18 @@ def check_divides(what: str, divisor: int, whole_what: str, whole: int) -> None:
         )
 
 
+def as_float(value):
+    """A number as a float, and -0.0 as 0.0 (anything else as it is, for the checks to reject):
+    ``lr=1`` and ``lr=1.0`` (a YAML grid, a CLI flag) are one config, with one run id."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) + 0.0
+    return value
+
+
 def as_floats(obj) -> None:
-    """Store every ``float``-annotated field of the frozen dataclass ``obj`` that holds a number as
-    a float, and -0.0 as 0.0: ``lr=1`` and ``lr=1.0`` (a YAML grid, a CLI flag) are one config,
-    with one run id. Non-numbers are left for the checks to reject."""
+    """:func:`as_float` on every ``float``-annotated field of the frozen dataclass ``obj``."""
     import dataclasses
 
     for f in dataclasses.fields(obj):
-        if f.type not in ("float", "float | None", float):
-            continue
-        value = getattr(obj, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            object.__setattr__(obj, f.name, float(value) + 0.0)
+        if f.type in ("float", "float | None", float):
+            object.__setattr__(obj, f.name, as_float(getattr(obj, f.name)))

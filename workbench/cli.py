@@ -149,11 +149,10 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
 
 def _cmd_train(a) -> int:
     from .store import RunStore
-    from .train import every, resolve_probes, train
+    from .train import every, train
 
     cfg = config_from_args(a)
-    probes = a.probes[0] if a.probes and len(a.probes) == 1 else a.probes
-    resolve_probes(probes)  # bad names fail here; train resolves them again, for its model
+    probes = a.probes[0] if a.probes and len(a.probes) == 1 else a.probes  # train checks the names
     if a.probe_every is not None and not a.probes:
         raise ValueError("--probe-every sets when the probes run: name them with --probes")
     if a.probe_every is not None and a.probe_every < 1:

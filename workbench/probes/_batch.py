@@ -7,9 +7,7 @@ from torch import nn
 
 def check_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)`` with the same non-zero number of examples, else a ValueError."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(f"batch must be an (inputs, targets) pair, got {type(batch).__name__}")
-    x, y = batch
+    x, y = check_pair(batch)
     if not (torch.is_tensor(x) and torch.is_tensor(y)):
         raise ValueError("batch must hold two tensors (inputs, targets)")
     if x.dim() == 0 or y.dim() == 0:

@@ -33,7 +33,7 @@ from torch import nn
 from .._validate import check_choice, check_positive
 from ..norms import is_norm_module
 from ..utils import forward_uses_rng, preserved_state
-from ._batch import run_model
+from ._batch import check_pair, run_model
 from ._directions import MODES
 from ._tidy import tidy_frame
 
@@ -113,14 +113,14 @@ def channel_health(model, batch, loss_fn=None, *, mode: str = "train", per_chann
     check_choice("mode", mode, MODES)
     thresholds = health_thresholds(constant_threshold, elimination_threshold, duplicate_threshold,
                                    gain_threshold)
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not torch.is_tensor(batch[0]):
-        raise ValueError("batch must be an (inputs, targets) pair with a tensor of inputs (the "
-                         f"targets are not used and may be None), got {type(batch).__name__}")
+    x, _ = check_pair(batch)  # the targets are not used and may be None
+    if not torch.is_tensor(x):
+        raise ValueError(f"batch must hold a tensor of inputs, got {type(x).__name__}")
     acts = activation_modules(model)
     with preserved_state(model, rng=forward_uses_rng(model), params=False, grads=False), torch.no_grad():
         model.train(mode == "train")
         with capture_inputs(acts) as seen:
-            run_model(model, batch[0])
+            run_model(model, x)
     summary, channel_rows = health_rows(model, acts, seen, thresholds, per_channel=per_channel)
     if not per_channel:
         return tidy_frame("channel_health", summary)

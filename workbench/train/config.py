@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .._validate import as_floats, check_choice, check_divides, check_positive
+from .._validate import as_float, as_floats, check_choice, check_divides, check_positive
 from ..data import DATASETS, DataConfig
 from ..models import (
     MODELS,
@@ -96,9 +96,7 @@ class TrainConfig:
                              f"got {type(self.model).__name__}")
         if not isinstance(self.data, DataConfig):
             raise ValueError(f"data must be a DataConfig, got {type(self.data).__name__}")
-        object.__setattr__(self, "betas", tuple(
-            float(b) + 0.0 if isinstance(b, (int, float)) and not isinstance(b, bool) else b
-            for b in self.betas))
+        object.__setattr__(self, "betas", tuple(as_float(b) for b in self.betas))
         as_floats(self)
         for name in ("steps", "batch_size", "base_batch_size", "growth_every", "norm_test_every"):
             check_positive(name, getattr(self, name), integer=True)

@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
     """
     if isinstance(store, str):
         store = RunStore(store)
-    probe_fns = resolve_probes(probes)  # bad names fail here; again with the model below
+    resolve_probes(probes)  # bad names fail here, before any work; resolved for the model below
     schedule = schedule or every(max(1, cfg.steps // 10))
     cancel = cancel or CancelToken()
     device = resolve_device(device)
