@@ -178,10 +178,10 @@ class RunBrowser(SessionApp):
     # -- layout --------------------------------------------------------------------------------
     def view(self) -> pn.viewable.Viewable:
         form = Form(self, parameters=["query", "status_filter", "selected", "metric", "probe",
-                                          "log_y", "smoothing"],
-                        widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10,
-                                              "width": 360}},  # room for the run descriptions
-                        show_name=False, width=380)
+                                      "log_y", "smoothing"],
+                    widgets={"selected": {"type": pn.widgets.MultiSelect, "size": 10,
+                                          "width": 360}},  # room for the run descriptions
+                    show_name=False, width=380)
         return pn.Row(
             pn.Column(form, pn.Row(self.reload_button, self.select_all),
                       pn.Row(self.csv, self.parquet)),
