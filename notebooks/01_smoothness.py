@@ -131,7 +131,8 @@ px.box(beta, x="norm", y="value", points="all", log_y=True, color="norm",
 # NBVAL_IGNORE_OUTPUT
 curve = beta.groupby(["norm", "step"]).value.median().reset_index()
 px.line(curve, x="step", y="value", color="norm", log_y=True, markers=True,
-        title="β-smoothness during training (median over seeds)")
+        title="β-smoothness during training (median over seeds)",
+        labels={"value": "β-smoothness along −g (median)"})
 
 # %% [markdown]
 # ## Where WS shows: a small ResNet on 16×16 shapes

@@ -122,6 +122,10 @@ def trade_off_figure(steps, fit):
     fig.add_scatter(x=s, y=1 + 1 / (s - 1), mode="lines", name="(S/S_min−1)(E/E_min−1)=1", row=1, col=2)
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="batch size B", row=1, col=1)
+    fig.update_yaxes(title_text="steps to target S", row=1, col=1)
+    fig.update_xaxes(title_text="S/S_min", row=1, col=2)
+    fig.update_yaxes(title_text="E/E_min", row=1, col=2)
     fig.update_layout(title=f"Critical batch size ≈ {fit.b_crit:.0f}")
     return fig
 

@@ -136,7 +136,8 @@ import plotly.express as px  # noqa: E402
 
 long = results.reset_index().melt(id_vars="variant", value_vars=["train_loss", "test_acc"])
 px.bar(long, x="variant", y="value", color="variable", barmode="group",
-       title="Micro-batch 1: final train loss and test accuracy")
+       title="Micro-batch 1: final train loss and test accuracy",
+       labels={"value": "train loss (nats) / test accuracy", "variable": "quantity"})
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -144,7 +145,8 @@ h = pd.concat(healths)
 h = h[h.metric.isin(["dead_fraction", "duplicate_fraction", "one_sided_fraction"])]
 px.bar(h.groupby(["variant", "layer", "metric"], as_index=False).value.mean(), x="layer", y="value",
        color="variant", facet_row="metric", barmode="group", height=650,
-       title="Channel health per activation layer after training")
+       title="Channel health per activation layer after training",
+       labels={"value": "fraction of channels"}).for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
 
 # %% [markdown]
 # ## Weight decay drives GroupNorm channels into singularities; WS and BCN hold them off
@@ -261,14 +263,16 @@ for seed in DRIFT_SEEDS:
 curves = drift.groupby(["variant", "seed", "step", "metric"], as_index=False).value.mean()  # over layers
 px.line(curves, x="step", y="value", color="variant", line_group="seed", facet_row="metric",
         height=650, title=f"Channel health on a fixed held-out batch during training (weight decay 0.02, "
-        f"micro-batch 1, {len(DRIFT_SEEDS)} seed(s), mean over layers)")
+        f"micro-batch 1, {len(DRIFT_SEEDS)} seed(s), mean over layers)",
+        labels={"value": "fraction of channels"}).for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 late = drift[drift.step >= DRIFT_STEPS // 2]
 px.bar(late.groupby(["variant", "layer", "metric"], as_index=False).value.mean(), x="layer", y="value",
        color="variant", facet_row="metric", barmode="group", height=650,
-       title="Which layers drift: second-half mean per activation layer")
+       title="Which layers drift: second-half mean per activation layer",
+       labels={"value": "fraction of channels"}).for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
 
 # %% [markdown]
 # **FULL only: weight decay is the driver.** The same GN runs with $\lambda = 0$ (seeds 0–4,

@@ -109,7 +109,7 @@ assert g["ghost BN, equal updates"]["test_loss"] < g["large, equal updates"]["te
 import plotly.express as px  # noqa: E402
 
 px.bar(gap.reset_index(), x="regime", y="test_acc", text_auto=".3f", range_y=[0.9, 1.0],
-       title="Test accuracy after training (digits, BN-MLP)")
+       title="Test accuracy after training (digits, BN-MLP)", labels={"test_acc": "test accuracy"})
 
 # %% [markdown]
 # ## 2. LARS/LAMB vs tuned SGD/Adam at B = 512
@@ -146,7 +146,8 @@ assert b["sgd"] <= 1.15 * b["lars"] and b["adam"] <= 1.15 * b["lamb"]
 # %%
 # NBVAL_IGNORE_OUTPUT
 px.line(sweep, x="lr", y="test_loss", color="optimizer", log_x=True, log_y=True, markers=True,
-        title="Test loss after 60 updates at B = 512, per learning rate")
+        title="Test loss after 60 updates at B = 512, per learning rate",
+        labels={"lr": "learning rate", "test_loss": "test loss (nats)"})
 
 # %% [markdown]
 # Tuned, the plain optimizers are as good as their layer-wise cousins here — the "reality
@@ -241,7 +242,8 @@ def rerun(batch_size=16, steps=2000):
     print(", ".join(f"{k}={v:.3f}" for k, v in s.items()))
     fig = go.Figure(go.Scatter(x=t, y=dist, mode="markers", name="distance"))
     fig.add_scatter(x=t, y=fits["log"], mode="lines", name="a + b log t")
-    fig.update_layout(xaxis_type="log", title=f"B = {batch_size}")
+    fig.update_layout(xaxis_type="log", xaxis_title="update t (log scale)", yaxis_title="distance from init",
+                      title=f"B = {batch_size}")
     fig.show()
 
 
