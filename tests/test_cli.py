@@ -44,7 +44,38 @@ def test_eval_probe_and_growth_intervals(tmp_path, capsys):
     assert run.config["growth_every"] == 6 and run.config["eval_every"] == 5
 
 
+@pytest.mark.parametrize("argv, fields", [
+    (["--optimizer", "sgd", "--nesterov"], {"nesterov": True, "optimizer": "sgd"}),
+    (["--optimizer", "lars", "--nesterov", "--trust-coefficient", "0.02"],
+     {"nesterov": True, "trust_coefficient": 0.02}),
+    (["--optimizer", "lamb", "--betas", "0.8", "0.99", "--eps", "1e-6"], {"betas": (0.8, 0.99), "eps": 1e-6}),
+    (["--batch-schedule", "step", "--max-batch-size", "256", "--growth-factor", "4", "--growth-every", "7"],
+     {"growth_factor": 4, "growth_every": 7}),
+    (["--batch-schedule", "norm_test", "--max-batch-size", "256", "--norm-test-theta", "0.3",
+      "--norm-test-every", "5", "--growth-factor", "3"],
+     {"norm_test_theta": 0.3, "norm_test_every": 5, "growth_factor": 3}),
+    (["--shuffle", "single"], {"shuffle": "single"}),
+    ([], {"nesterov": False, "betas": (0.9, 0.999), "eps": 1e-8, "trust_coefficient": 0.001,
+          "growth_factor": 2, "shuffle": "reshuffle"}),
+])
+def test_optimizer_and_schedule_flags_reach_the_config(argv, fields):
+    from workbench.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", *argv]))
+    assert {k: getattr(cfg, k) for k in fields} == fields
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["train", "--nesterov", "--optimizer", "adam"], "nesterov=True applies to optimizers sgd, lars; got 'adam'"),
+    (["train", "--betas", "0.9", "0.99"], "--betas and --eps apply to optimizers adam, adamw, lamb, not 'sgd'"),
+    (["train", "--optimizer", "adam", "--betas", "0.9", "1.0"], "betas must be two numbers in [0, 1)"),
+    (["train", "--trust-coefficient", "0.01"], "--trust-coefficient applies to optimizer lars, not 'sgd'"),
+    (["train", "--growth-factor", "3"], "--growth-factor applies to --batch-schedule step or norm_test"),
+    (["train", "--batch-schedule", "step", "--max-batch-size", "64", "--norm-test-theta", "0.2"],
+     "--norm-test-theta applies to --batch-schedule norm_test, not 'step'"),
+    (["train", "--batch-schedule", "step", "--max-batch-size", "64", "--growth-factor", "1"],
+     "growth_factor must be an integer >= 2, got 1"),
+    (["train", "--shuffle", "sometimes"], "unknown shuffle 'sometimes'"),
     (["train", "--probes", "cheap", "--probe-every", "0"],
      "--probe-every must be a positive number of steps, got 0"),
     (["train", "--probe-every", "5"], "--probe-every sets when the probes run: name them with --probes"),

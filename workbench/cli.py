@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="sgd")
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd, lars)")
+    t.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"),
+                   help="Adam/AdamW/LAMB moment decays (default 0.9 0.999)")
+    t.add_argument("--eps", type=float, default=None, help="Adam/AdamW/LAMB epsilon (default 1e-8)")
+    t.add_argument("--trust-coefficient", type=float, default=None,
+                   help="LARS trust coefficient eta (default 0.001)")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--lr-scaling", default="none")
     t.add_argument("--base-batch-size", type=int, default=32)
@@ -62,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-schedule", default="constant")
     t.add_argument("--max-batch-size", type=int, default=None)
     t.add_argument("--growth-every", type=int, default=None,
-                   help="steps between batch doublings (--batch-schedule step; default 100)")
+                   help="steps between batch growths (--batch-schedule step; default 100)")
+    t.add_argument("--growth-factor", type=int, default=None,
+                   help="the batch grows by this factor (--batch-schedule step or norm_test; default 2)")
+    t.add_argument("--norm-test-theta", type=float, default=None,
+                   help="norm test threshold theta (--batch-schedule norm_test; default 0.5)")
+    t.add_argument("--norm-test-every", type=int, default=None,
+                   help="steps between norm tests (--batch-schedule norm_test; default 10)")
+    t.add_argument("--shuffle", default=None,
+                   help="reshuffle (every epoch, default), single (one permutation) or none")
     t.add_argument("--eval-every", type=int, default=50,
                    help="steps between test-set evaluations (0: only after the last step)")
     t.add_argument("--probes", nargs="*", default=None, help="probe names or a preset")
@@ -126,12 +140,23 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
         if a.model != "transformer":
             raise ValueError(f"--placement applies to the transformer, not {a.model!r}")
         fields["placement"] = a.placement
-    growth = {}
-    if a.growth_every is not None:
-        if a.batch_schedule != "step":
-            raise ValueError(f"--growth-every applies to --batch-schedule step, not "
-                             f"{a.batch_schedule!r}")
-        growth["growth_every"] = a.growth_every
+    extra: dict = {}
+    applies = {"growth_every": ("step",), "growth_factor": ("step", "norm_test"),
+               "norm_test_theta": ("norm_test",), "norm_test_every": ("norm_test",)}
+    for name, schedules in applies.items():
+        if getattr(a, name) is not None:
+            if a.batch_schedule not in schedules:
+                raise ValueError(f"--{name.replace('_', '-')} applies to --batch-schedule "
+                                 f"{' or '.join(schedules)}, not {a.batch_schedule!r}")
+            extra[name] = getattr(a, name)
+    if a.betas is not None or a.eps is not None:
+        if a.optimizer not in ("adam", "adamw", "lamb"):
+            raise ValueError(f"--betas and --eps apply to optimizers adam, adamw, lamb, not {a.optimizer!r}")
+    if a.trust_coefficient is not None and a.optimizer != "lars":
+        raise ValueError(f"--trust-coefficient applies to optimizer lars, not {a.optimizer!r}")
+    for name in ("betas", "eps", "trust_coefficient", "shuffle"):
+        if getattr(a, name) is not None:
+            extra[name] = tuple(a.betas) if name == "betas" else getattr(a, name)
     name = a.dataset or _DEFAULT_DATA[a.model]
     n_train = a.n_train if a.n_train is not None else (1400 if name == "digits" else 2048)
     n_test = min(512, max(1, n_train // 4))
@@ -140,11 +165,11 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
     data = DataConfig(name=name, n_train=n_train, n_test=n_test, seed=0)
     return TrainConfig(model=model_config(a.model, **fields), data=data, steps=a.steps,
                        batch_size=a.batch_size, micro_batch=a.micro_batch, optimizer=a.optimizer,
-                       lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
+                       lr=a.lr, momentum=a.momentum, nesterov=a.nesterov, weight_decay=a.weight_decay,
                        lr_scaling=a.lr_scaling, base_batch_size=a.base_batch_size,
                        warmup_steps=a.warmup_steps, lr_decay=a.lr_decay,
                        batch_schedule=a.batch_schedule, max_batch_size=a.max_batch_size,
-                       eval_every=a.eval_every, seed=a.seed, **growth)
+                       eval_every=a.eval_every, seed=a.seed, **extra)
 
 
 def _cmd_train(a) -> int:
