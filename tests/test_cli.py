@@ -179,6 +179,25 @@ def test_probe_bad_input(stored_run, capsys, args, message):
     assert message in err and "Traceback" not in err
 
 
+def test_probe_on_a_diverged_run_says_so(tmp_path, capsys):
+    """A diverged run's stored weights give a NaN loss: a curvature probe on them is a one-line
+    error that says the model diverged (was numpy's "Eigenvalues did not converge"), after a
+    note naming the step; a probe whose rows can hold NaN still prints them."""
+    store = str(tmp_path)
+    assert main(["train", "--lr", "1e6", "--steps", "50", "--n-train", "256", "--store", store,
+                 "--no-progress"]) == 0
+    (run_id,) = RunStore(store).run_ids()
+    run = RunStore(store).get(run_id)
+    assert run.status == "diverged"
+    capsys.readouterr()
+    assert main(["probe", run_id, "hessian_top_eigs", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert f"note: run {run_id} diverged at step {run.diverged_step}" in err
+    assert "error: the loss at the current weights is nan on this batch: the model has diverged" in err
+    assert "Traceback" not in err and err.count("\n") == 2
+    assert main(["probe", run_id, "layer_norms", "--store", store]) == 0
+
+
 def test_probe_unknown_run_or_no_weights(stored_run, tmp_path, capsys):
     store, run_id = stored_run
     assert main(["probe", "abcdef", "landscape", "--store", store]) == 2

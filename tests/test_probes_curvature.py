@@ -387,3 +387,33 @@ def test_first_block_keeps_the_products_it_timed(batched):
         assert op.hvps == (12 + 5 if batched else 9)
         torch.testing.assert_close(op.mm(V[:2]), V[:2] @ H)
         assert op.hvps == (12 + 5 if batched else 9) + 2
+
+
+@pytest.mark.parametrize("probe", [hessian_top_eigs, hessian_trace, hessian_density])
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_loss_or_gradient_is_a_value_error_saying_diverged(probe, where):
+    """At weights with a NaN loss (a diverged model), or a finite loss whose gradient is not
+    finite, curvature is undefined: a NonFiniteError (a ValueError) that says so, not Lanczos's
+    "Eigenvalues did not converge" or torch's allclose error; the model is left as it was."""
+    from workbench.probes._batch import NonFiniteError
+
+    model, batch = mlp("none"), features()
+    if where == "loss":
+        with torch.no_grad():
+            model.head.weight[0, 0] = float("nan")
+        match = "the loss at the current weights is nan"
+
+        def loss_fn(out, y):
+            return CE(out, y)
+    else:  # |t|^0.5 has an infinite derivative at t = 0: a finite loss, an inf gradient
+        match = "the gradient at the current weights is not finite"
+
+        def loss_fn(out, y):
+            return CE(out, y) + (out[:, 0] - out[:, 0].detach()).abs().sqrt().mean()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(NonFiniteError, match=match) as info:
+        probe(model, batch, loss_fn)
+    assert isinstance(info.value, ValueError) and "diverg" in str(info.value)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or (before[k].isnan() == after[k].isnan()).all()
+               for k in before)

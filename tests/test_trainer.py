@@ -374,3 +374,23 @@ def test_the_finished_progress_bar_shows_the_last_steps_loss(capsys):
     run = train(TrainConfig.smoke().replace(steps=12), progress=True)
     last = capsys.readouterr().err.split("\r")[-1]  # the bar as it was left
     assert "12/12" in last and f"loss={run.metric('loss').iloc[-1]:.4f}" in last, last
+
+
+def test_a_curvature_probe_on_a_non_finite_held_out_batch_is_skipped_with_a_warning():
+    """The step's own loss is finite but the probe's batch gives NaN (a held-out batch the model
+    overflows on, or one holding NaN): that probe has no rows at that step and says why; the
+    run and the other probes go on. Any other failure of a probe still fails the run."""
+    from workbench.probes import on_batch
+    from workbench.probes.hessian_top_eigs import hessian_top_eigs
+
+    cfg = TrainConfig(model=MLPConfig(depth=2, width=16), data=SMALL, steps=6, lr=0.05)
+    from workbench.probes.layer_norms import layer_norms
+
+    dim = make_dataset(SMALL).x_train.shape[1]
+    bad = torch.full((8, dim), float("nan")), torch.zeros(8, dtype=torch.long)
+    with pytest.warns(UserWarning, match="probe 'held_out' skipped: the loss at the current weights is nan"):
+        run = train(cfg, probes={"held_out": on_batch(hessian_top_eigs, bad), "layer_norms": layer_norms},
+                    schedule=every(2))
+    assert run.status == "finished"
+    assert "held_out" not in set(run.frame.probe)
+    assert sorted(run.frame[run.frame.probe == "layer_norms"].step.unique()) == [0, 2, 4, 5]

@@ -256,6 +256,9 @@ def _cmd_probe(a) -> int:
     if a.out:
         _check_out(a.out)
     run = RunStore(a.store).restore(a.run_id, device=resolve_device(a.device))
+    if run.status == "diverged":
+        print(f"note: run {run.run_id} diverged at step {run.diverged_step}; its stored weights "
+              "are those at which the loss became NaN/inf", file=sys.stderr)
     if takes_lr(fn) and "lr" not in options:  # smoothness: the step size the run last trained at
         last = run.final("lr")
         options["lr"] = last if math.isfinite(last) else run.config["lr"]

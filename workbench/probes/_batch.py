@@ -1,8 +1,27 @@
 """A probe's batch: checked, and run through the model with a clear error when it does not fit."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+
+class NonFiniteError(ValueError):
+    """The loss or gradient at the current weights is NaN/inf (a diverged model, or inputs that
+    overflow it): curvature there is undefined. A ValueError, so callers that report bad input
+    report it too; the trainer tells it apart from a probe's own failure."""
+
+
+def check_finite(loss: float, grad: torch.Tensor | None = None) -> None:
+    """A :class:`NonFiniteError` unless ``loss`` (and every entry of ``grad``) is finite."""
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"the loss at the current weights is {loss} on this batch: the model "
+                             "has diverged (or the batch holds NaN/inf), so its curvature is undefined")
+    if grad is not None and not bool(torch.isfinite(grad).all()):
+        raise NonFiniteError(f"the gradient at the current weights is not finite on this batch "
+                             f"(the loss is {loss:.6g}): the model is diverging, so its curvature "
+                             "is undefined")
 
 
 def check_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hvp import check_batch, select_params
+from .hvp import check_batch, check_finite, select_params
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Leaves through which the network stays piecewise linear in every parameter.
@@ -170,6 +170,7 @@ def exact_trace(model: nn.Module, batch, loss_fn, *, kind: str = "hessian", mode
     layers = [m for m in layers if m in outputs]
     with torch.enable_grad():
         go = torch.autograd.grad(loss, out, create_graph=True)[0]
+        check_finite(float(loss.detach()), go.detach())
         if not go.requires_grad or not layers:              # loss linear in the outputs: G = 0
             return shares
         n, c = out.shape

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice
-from ._batch import check_batch, forward_loss  # noqa: F401  (re-exported)
+from ._batch import check_batch, check_finite, forward_loss  # noqa: F401  (re-exported)
 from ._tidy import TIDY  # noqa: F401  (re-exported: the curvature probes import it from here)
 
 MODES = ("train", "eval")
@@ -88,6 +88,7 @@ class CurvatureOperator:
         with torch.enable_grad():
             out, loss = forward_loss(model, batch, loss_fn)
             self.loss = float(loss.detach())
+            check_finite(self.loss)
             # Buffers a backward mutates (PowerNorm's ema_gz) are reset to their post-forward
             # values before every backward, so all products see one fixed matrix.
             self._buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
@@ -95,11 +96,13 @@ class CurvatureOperator:
                 g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                 self._g = _flat(g, self.params)
                 self.grad = self._g.detach()
+                check_finite(self.loss, self.grad)
             else:
                 self._out = out
                 self._go = torch.autograd.grad(loss, out, create_graph=True)[0]  # dL/d(out)
                 g = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
                 self.grad = _flat(g, self.params).detach()
+                check_finite(self.loss, self.grad)
                 self._reset_buffers()
                 # J^T u as a (linear) function of a dummy u: its vjp in u gives J v.
                 self._u = torch.zeros_like(out, requires_grad=True)

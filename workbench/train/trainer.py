@@ -25,6 +25,7 @@ from ..data import BatchSampler, make_dataset, split_micro
 from ..models import build_model
 from ..norms import batch_split_ok
 from ..probes import PRESET_NEEDS, PRESETS, PROBES
+from ..probes._batch import NonFiniteError
 from ..probes._tidy import tidy_parts
 from ..probes.together import FUSABLE, Together
 from ..store import COLUMNS, Run, RunStore, empty_frame
@@ -370,12 +371,17 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
                     kw = {"lr": lr} if lr_probes[name] else {}
                     try:
                         frame = fn(model, (x, y), loss_fn, **kw)
-                    except Exception:
+                    except Exception as exc:
                         # the last update blew the model up: this step's loss is NaN/inf, and a
                         # curvature probe fails on it (Lanczos on NaN) before the step says so.
                         # Skip the probes: the step records the loss and ends the run diverged.
                         if _loss_is_finite(model, loss_fn, x, y):
-                            raise
+                            if not isinstance(exc, NonFiniteError):
+                                raise
+                            # finite here, not on the probe's own batch or in its gradient: the
+                            # model is on its way out; this probe has no rows at this step
+                            warnings.warn(f"step {step}: probe {name!r} skipped: {exc}", stacklevel=2)
+                            continue
                         blown_up = True
                         break
                     rows.add_frame(step, name, frame)
