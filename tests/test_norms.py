@@ -334,6 +334,27 @@ def test_bcn_estimated_works_for_a_batch_of_one(layout):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in bcn.parameters())
 
 
+def test_bcn_estimated_forward_and_reverse_mode_agree():
+    """The estimates are constants in train mode: a jvp by forward-mode AD (depth_variance's
+    Jacobian probe) equals the reverse-mode one and leaves no tangent on the running statistics
+    (no_grad does not stop forward AD, so the update detaches its input)."""
+    from torch.autograd import forward_ad as fwAD
+
+    a, b = (make_norm("batch_channel", C, "conv", groups=4).to(DT) for _ in range(2))
+    x, v = make_input("conv", 0), make_input("conv", 1)
+    with fwAD.dual_level():
+        t = fwAD.unpack_dual(a.train()(fwAD.make_dual(x, v))).tangent
+        assert fwAD.unpack_dual(a.running_mean).tangent is None
+        assert fwAD.unpack_dual(a.running_var).tangent is None
+    xr = x.clone().requires_grad_()
+    y = b.train()(xr)
+    u = torch.zeros_like(y, requires_grad=True)
+    (g,) = torch.autograd.grad(y, xr, u, create_graph=True)
+    (jv,) = torch.autograd.grad(g, u, v)
+    assert_close(t, jv)
+    assert_close(a.running_mean, b.running_mean) and assert_close(a.running_var, b.running_var)
+
+
 # ---------------------------------------------------------------------------------- PowerNorm
 def test_power_backward_is_approximate_not_exact():
     pn = build("power", "tokens", {}, 0)

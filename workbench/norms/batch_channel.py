@@ -78,11 +78,11 @@ class BatchChannelNorm(nn.Module):
         else:
             if self.training:
                 self._update_estimates(x3)
-            mean = self.running_mean.clone()  # constants: no gradient through the statistics
-            inv_std = (self.running_var + self.eps).rsqrt()
-            y = (x3 - mean[:, None]) * inv_std[:, None]
-            if self.batch_weight is not None:
-                y = y * self.batch_weight[:, None] + self.batch_bias[:, None]
+            # (x - mean) / sqrt(var + eps) * batch_weight + batch_bias with the estimates as
+            # constants: batch norm's inference kernel, one op forward and back. Copies, because
+            # the next forward updates the estimates in place before this one's backward may run.
+            y = F.batch_norm(x3, self.running_mean.clone(), self.running_var.clone(),
+                             self.batch_weight, self.batch_bias, False, 0.0, self.eps)
         # Channel step: group norm per example over (C/G channels x M positions).
         y = F.group_norm(y, self.groups, self.weight, self.bias, self.eps)
         return from_ncm(y, self.layout, x.shape)
@@ -90,6 +90,7 @@ class BatchChannelNorm(nn.Module):
     @torch.no_grad()
     def _update_estimates(self, x3: torch.Tensor) -> None:
         r = self.momentum
+        x3 = x3.detach()  # no_grad does not stop forward-mode AD: keep tangents out of the estimates
         mean = x3.mean(dim=(0, 2))
         var = (x3 - self.running_mean[:, None]).pow(2).mean(dim=(0, 2))  # about the old estimate
         self.running_mean.mul_(1 - r).add_(mean, alpha=r)
