@@ -41,7 +41,7 @@ def _print_analyses(sweep, store: str, run_ids: list[str]) -> None:
         fmt = lambda v: f"{v:.4g}"  # noqa: E731
         final = analysis.final_metric_table(table).sort_values("mean", ignore_index=True)
         more = f" (the best {SHOW} of {len(final)} configs)" if len(final) > SHOW else ""
-        print(f"\nfinal train loss over seeds{more}:")
+        print(f"\nfinal train loss (mean of each run's last 5 steps) over seeds{more}:")
         print(final.head(SHOW).to_string(index=False, float_format=fmt))
         if "target_loss" in opts and table["batch_size"].nunique() > 1:
             steps = analysis.steps_vs_batch(table, by=by)
