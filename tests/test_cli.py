@@ -22,6 +22,23 @@ def test_train_then_runs(tmp_path, capsys):
     assert run_id in listing and "batch" in listing
 
 
+def test_threads_are_set_and_recorded(tmp_path, capsys):
+    """--threads sets torch's CPU thread count for the run (its numbers depend on it), and every
+    run records the count it trained with."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--steps", "2", "--n-train", "64", "--threads", "1", "--store",
+                     str(tmp_path), "--no-progress"]) == 0
+        run = RunStore(tmp_path).get(RunStore(tmp_path).run_ids()[0])
+        assert run.meta["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["train", "--threads", "0", "--store", str(tmp_path), "--no-progress"]) == 2
+    _one_line_error(capsys, "--threads must be a positive number of threads, got 0")
+
+
 def test_norm_options_and_ws(tmp_path, capsys):
     rc = main(["train", "--model", "convnet", "--norm", "group", "--norm-option", "groups=4",
                "--ws", "--width", "8", "--depth", "1", "--steps", "3", "--n-train", "64",

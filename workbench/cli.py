@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--store", default=STORE_DEFAULT)
     t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); CPU numbers are reproducible for "
+                        "a fixed count, which the run records as meta torch_threads")
     t.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("runs", help="list stored runs")
@@ -183,6 +186,12 @@ def _cmd_train(a) -> int:
     if a.probe_every is not None and a.probe_every < 1:
         raise ValueError(f"--probe-every must be a positive number of steps, got {a.probe_every}")
     schedule = None if a.probe_every is None else every(a.probe_every)
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be a positive number of threads, got {a.threads}")
+        import torch
+
+        torch.set_num_threads(a.threads)
     run = train(cfg, probes=probes or None, schedule=schedule, store=RunStore(a.store),
                 progress=not a.no_progress, device=a.device)
     s = run.summary()

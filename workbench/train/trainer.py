@@ -345,6 +345,8 @@ def train(cfg: TrainConfig, *, probes=None, schedule: Callable[[int, int], bool]
         in_step = {} if forward_uses_rng(model) else {
             name: fn for name, fn in probe_fns.items() if isinstance(fn, Together) and fn.mode == "train"}
         run.meta["setup_time"] = time.perf_counter() - t_start
+        # CPU results depend on the thread count (reduction order): recorded for reruns
+        run.meta["torch_threads"] = torch.get_num_threads()
         t0 = time.perf_counter()  # wall_time counts training steps, not data/model setup
         for step in range(cfg.steps):
             if cancel.cancelled:
