@@ -139,12 +139,41 @@ def test_b_simple_matches_brute_force(norm, mode):
                      for e in torch.eye(gg.numel(), dtype=torch.float64)])
     sigma = (G - gbar).T @ (G - gbar) / (n - 1)
     assert v["b_noise"] == pytest.approx(float(torch.trace(H @ sigma) / (gbar @ H @ gbar)), rel=1e-6)
+    assert v["trace_hess_cov"] == pytest.approx(float(torch.trace(H @ sigma)), rel=1e-6)
+    assert v["grad_hess_grad"] == pytest.approx(float(gbar @ H @ gbar), rel=1e-6)
     var = ((G - gbar) ** 2).sum(0) / (n - 1)
     r = (gbar**2 / var)[var > 1e-12 * var.max()]  # noise-free coordinates left out
     assert v["gsnr"] == pytest.approx(float(r.mean()), rel=1e-6)
     head = f[(f.metric == "gsnr") & (f.layer == "head.weight")].value.item()
     k = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head"))
     assert head == pytest.approx(float((gbar[k:k + 24] ** 2 / var[k:k + 24]).mean()), rel=1e-6)
+
+
+def test_noise_scale_under_negative_curvature_says_so():
+    """L(w) = -mean((w.x)^2) has H = -2 X^T X / N, negative definite: G^T H G < 0, so B_noise is
+    inf (no positive curvature along the step) and the denominator's sign is in its own row."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    y = torch.zeros(16, 1, dtype=torch.float64)
+    model = torch.nn.Linear(3, 1, bias=False).double()
+
+    def concave(out, y):
+        return -(out - y).pow(2).mean()
+
+    f = gradient_noise_scale(model, (x, y), concave, small_batch=4)
+    v = f[f.layer == "all"].set_index("metric").value
+    w = model.weight.detach().reshape(-1)
+    H = -2 * x.T @ x / x.shape[0]
+    G = -2 * x * (x @ w)[:, None]                        # per-example gradients
+    gbar = G.mean(0)
+    sigma = (G - gbar).T @ (G - gbar) / (x.shape[0] - 1)
+    assert v["grad_hess_grad"] == pytest.approx(float(gbar @ H @ gbar), rel=1e-9)
+    assert v["grad_hess_grad"] < 0
+    assert v["trace_hess_cov"] == pytest.approx(float(torch.trace(H @ sigma)), rel=1e-9)
+    assert v["b_noise"] == float("inf") and v["b_crit"] == float("inf")
+    off = gradient_noise_scale(model, (x, y), concave, small_batch=4, hessian=False)
+    off = off[off.layer == "all"].set_index("metric").value
+    assert np.isnan(off[["b_noise", "trace_hess_cov", "grad_hess_grad"]]).all()
 
 
 def _masked_ce(out, y):

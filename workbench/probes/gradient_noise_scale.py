@@ -10,7 +10,10 @@ per-example covariance and ``H`` the Hessian:
 - the two-batch-size estimator: ``|G|^2 ~ (Bb|G_b|^2 - Bs|G_s|^2)/(Bb - Bs)``,
   ``tr(Sigma) ~ (|G_s|^2 - |G_b|^2)/(1/Bs - 1/Bb)`` with ``G_b`` the gradient of the whole batch
   and ``|G_s|^2`` the mean over its disjoint sub-batches of ``small_batch`` examples;
-- ``b_noise = tr(H Sigma) / (G^T H G)`` and the critical batch size ``b_crit ~ b_noise``;
+- ``b_noise = tr(H Sigma) / (G^T H G)`` and the critical batch size ``b_crit ~ b_noise``, with
+  numerator and denominator as rows of their own (``trace_hess_cov``, ``grad_hess_grad``):
+  ``b_noise`` is inf when ``G^T H G <= 0`` (the step along -G meets no positive curvature, so the
+  quadratic model sets no critical batch size), and ``grad_hess_grad`` says which sign it was;
 - ``gsnr`` per parameter tensor: the mean over its coordinates of ``gbar_j^2 / var_j(g_ij)``
   (Liu et al. 2020), leaving out noise-free coordinates (variance <= 1e-12 x the largest; NaN if
   all are).
@@ -128,7 +131,9 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
     Returns:
         Tidy rows (layer ``"all"`` or the subset): ``grad_norm_sq``, ``grad_norm_sq_unbiased``,
         ``trace_cov``, ``b_simple``, ``b_simple_unbiased``, ``grad_norm_sq_two_batch``,
-        ``trace_cov_two_batch``, ``b_simple_two_batch``, ``b_noise``, ``b_crit``, ``gsnr``;
+        ``trace_cov_two_batch``, ``b_simple_two_batch``, ``b_noise``, ``b_crit``,
+        ``trace_hess_cov`` (tr(H Sigma)), ``grad_hess_grad`` (G^T H G; ``b_noise`` is inf when it is
+        not positive), ``gsnr``; the three Hessian quantities are NaN with ``hessian=False``;
         plus ``gsnr`` per parameter tensor (layer = parameter name).
 
     Note:
@@ -175,7 +180,7 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
         bs, bb = small_batch, n
         g2_two = (bb * gb2 - bs * gs2) / (bb - bs)
         tr_two = (gs2 - gb2) / (1 / bs - 1 / bb)
-        b_noise = float("nan")
+        b_noise = tr_h_cov = g_hg = float("nan")
         if hessian:
             with curvature_operator(model, batch, loss_fn, mode=mode, params=params) as op:
                 pick = torch.arange(n)
@@ -198,7 +203,8 @@ def gradient_noise_scale(model, batch, loss_fn, *, mode: str = "train", params=N
             "b_simple_unbiased": tr_cov / g2_unb if g2_unb > 0 else math.inf,
             "grad_norm_sq_two_batch": g2_two, "trace_cov_two_batch": tr_two,
             "b_simple_two_batch": tr_two / g2_two if g2_two > 0 else math.inf,
-            "b_noise": b_noise, "b_crit": b_noise, "gsnr": float(gsnr.nanmean()),
+            "b_noise": b_noise, "b_crit": b_noise, "trace_hess_cov": tr_h_cov,
+            "grad_hess_grad": g_hg, "gsnr": float(gsnr.nanmean()),
         }
         rows += [(m, label, float(v), hvps, 1, True, method) for m, v in values.items()]
         i = 0
