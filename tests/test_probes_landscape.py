@@ -97,6 +97,21 @@ def test_a_checkpoint_slice_ends_at_the_checkpoints_loss(norm, mode):
     assert frame.value.iloc[2] == pytest.approx(_loss(mid, batch, mode), rel=1e-5)
 
 
+def test_a_checkpoint_slice_with_frozen_parameters():
+    """Only trainable parameters move: a frozen one that differs in the checkpoint is named (a = 1
+    would not be the checkpoint); frozen ones that agree leave the end point exact."""
+    model, other, batch = _mlp("none", seed=0), _mlp("none", seed=7), _batch()
+    first = next(iter(model.parameters()))
+    first.requires_grad_(False)
+    name = next(n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match=rf"frozen parameters \(requires_grad=False\): {name}"):
+        landscape(model, batch, LF, direction="checkpoint", other=other, dims=1, steps=3)
+    with torch.no_grad():
+        dict(other.named_parameters())[name].copy_(first)
+    frame = landscape(model, batch, LF, direction="checkpoint", other=other, dims=1, steps=3)
+    assert frame.value.iloc[-1] == pytest.approx(_loss(other, batch, "train"), rel=1e-5)
+
+
 @pytest.mark.parametrize("norm", ["none", "batch", "ghost_batch", "power"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_batched_evaluation_matches_one_point_per_call(norm, mode):

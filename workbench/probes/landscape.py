@@ -8,7 +8,8 @@
   coordinates in ``[-span, span]``;
 - ``"checkpoint"``: ``d1 = w_other - w`` toward another checkpoint (a state_dict or a model),
   coordinate ``a`` in ``[0, span]`` so ``a = 1`` is the checkpoint itself (linear interpolation
-  between two runs or two steps); floating-point buffers (BatchNorm running statistics) are
+  between two runs or two steps; only trainable parameters move, so frozen ones must be equal in
+  both, else a ValueError names them); floating-point buffers (BatchNorm running statistics) are
   interpolated along ``a`` too, as Li et al.'s ``--dir_type states``; with ``dims=2`` the second
   direction is random and filter-normalized;
 - ``"hessian"``: the top ``dims`` Hessian eigenvectors (unit norm) from the curvature probe
@@ -119,6 +120,15 @@ def landscape(model, batch, loss_fn, *, direction: str = "random", dims: int = 2
                  if not torch.is_tensor(state[n]) or state[n].shape != p.shape]
         if wrong:
             raise ValueError(f"the checkpoint's parameters do not fit the model: {', '.join(wrong[:5])}")
+        moved = {n for n, _ in named}
+        frozen = [n for n, p in model.named_parameters() if n not in moved and n in state
+                  and torch.is_tensor(state[n]) and state[n].shape == p.shape
+                  and not torch.equal(state[n].to(p), p.detach())]
+        if frozen:
+            raise ValueError("the checkpoint differs from the model in frozen parameters "
+                             f"(requires_grad=False): {', '.join(frozen[:5])}; the slice moves only "
+                             "trainable ones, so a = 1 would not be the checkpoint: unfreeze them, "
+                             "or copy them into one of the two first")
         dirs.append(flatten([state[n].to(p) for n, p in named]) - flatten(params))
         buffer_dir = {n: state[n].to(b) - b for n, b in model.named_buffers()
                       if b.is_floating_point() and n in state}
