@@ -106,6 +106,7 @@ def test_optimizer_and_schedule_flags_reach_the_config(argv, fields):
     (["train", "--model", "transformer", "--norm", "group"], "unknown transformer norm 'group'"),
     (["train", "--dataset", "markov"], "cannot take data set 'markov'"),
     (["train", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
+    (["train", "--n-train", str(10**13)], "n_train=10000000000000 and n_test=512 needs at least"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(argv + ["--store", str(tmp_path), "--no-progress"]) == 2

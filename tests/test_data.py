@@ -1,6 +1,7 @@
 """Data sets, losses and the batch sampler: determinism, shapes, oracles, and every error message."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -393,3 +394,34 @@ def test_sampler_and_task_errors():
         loss_for_task("ranking")
     with pytest.raises(ValueError, match="unknown split 'val'; choose one of: train, test"):
         make_dataset(small("teacher")).batch(torch.arange(2), split="val")
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("teacher", {"dim": 5, "outputs": 3}), ("gaussian_mixture", {"dim": 7}),
+    ("shapes", {"channels": 3, "image_size": 12}), ("markov", {"seq_len": 9}),
+])
+def test_example_bytes_is_what_the_tensors_take(name, options):
+    """The memory guard's per-example size is exact: the generated tensors' bytes per example."""
+    cfg = small(name, **options)
+    d = make_dataset(cfg)
+    total = sum(t.numel() * t.element_size() for t in (d.x_train, d.y_train, d.x_test, d.y_test))
+    assert DATASETS[name].example_bytes(cfg.resolved_options()) * (cfg.n_train + cfg.n_test) == total
+
+
+def test_a_data_set_larger_than_memory_is_refused_before_generating(monkeypatch):
+    from workbench.data import config as config_module
+
+    cfg = DataConfig(name="shapes", n_train=100_000_000, n_test=512)  # 1032 bytes an example
+    with pytest.raises(ValueError, match=r"'shapes' with n_train=100000000 and n_test=512 needs at "
+                       r"least 96\.1 GiB for its tensors, more than the 2\.0 GiB of memory available; "
+                       r"use fewer examples \(at most about 2080895 in all here"):
+        config_module.check_fits_in_memory(cfg, available=2 * 2**30)
+    # make_dataset asks before building anything
+    monkeypatch.setattr(config_module, "available_memory", lambda: 2**20)
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the check")
+
+    monkeypatch.setitem(DATASETS, "shapes", dataclasses.replace(DATASETS["shapes"], build=never))
+    with pytest.raises(ValueError, match="more than the 0.0 GiB of memory available"):
+        make_dataset(DataConfig(name="shapes", n_train=1000, n_test=100))
+    config_module.check_fits_in_memory(DataConfig(name="digits", n_train=1000, n_test=100), available=1)

@@ -118,6 +118,7 @@ _DEFAULT_DATA = {"mlp": "gaussian_mixture", "convnet": "shapes", "transformer": 
 def config_from_args(a) -> TrainConfig:  # noqa: F821
     from ._validate import check_choice
     from .data import DataConfig
+    from .data.config import check_fits_in_memory
     from .models import model_config
     from .train import TrainConfig
 
@@ -166,6 +167,7 @@ def config_from_args(a) -> TrainConfig:  # noqa: F821
     if name == "digits":  # it ships 1797 examples: test on what training leaves
         n_test = max(1, min(n_test, 1797 - n_train))
     data = DataConfig(name=name, n_train=n_train, n_test=n_test, seed=0)
+    check_fits_in_memory(data)  # an --n-train too big for memory: one line, not a killed process
     return TrainConfig(model=model_config(a.model, **fields), data=data, steps=a.steps,
                        batch_size=a.batch_size, micro_batch=a.micro_batch, optimizer=a.optimizer,
                        lr=a.lr, momentum=a.momentum, nesterov=a.nesterov, weight_decay=a.weight_decay,

@@ -29,6 +29,9 @@ class DatasetSpec:
         check: ``check(options)`` raises ValueError on a bad value (options are complete here).
         build: ``build(n_train, n_test, seed, **options) -> Dataset``.
         max_examples: how many examples exist (``n_train + n_test`` cap), None if unlimited.
+        example_bytes: ``example_bytes(options)``, the bytes one example's tensors (input and
+            target) take: with it, :func:`~workbench.data.make_dataset` refuses a size whose
+            tensors alone exceed the memory available, before generating anything.
     """
 
     task: str
@@ -36,3 +39,16 @@ class DatasetSpec:
     check: Callable[[dict], None]
     build: Callable
     max_examples: int | None = None
+    example_bytes: Callable[[dict], int] | None = None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .._validate import check_choice, check_positive
 from . import digits, gaussian_mixture, markov, shapes, teacher
+from ._spec import available_memory
 from .dataset import Dataset
 
 DATASETS = {
@@ -83,6 +84,25 @@ class DataConfig:
         return cls(**{"name": name, "n_train": 256, "n_test": 128, **overrides})
 
 
+def check_fits_in_memory(cfg: DataConfig, available: int | None = None) -> None:
+    """ValueError when the data set's tensors alone would not fit in ``available`` bytes (default:
+    the memory available now): a lower bound of what generating it needs, so a size this lets
+    through may still be too big, but one it refuses would have failed (or been killed)."""
+    spec = DATASETS[cfg.name]
+    if spec.example_bytes is None:
+        return
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    need = (cfg.n_train + cfg.n_test) * spec.example_bytes(cfg.resolved_options())
+    if need > available:
+        fit = max(1, available // spec.example_bytes(cfg.resolved_options()))
+        raise ValueError(f"data set {cfg.name!r} with n_train={cfg.n_train} and n_test={cfg.n_test} "
+                         f"needs at least {need / 2**30:.1f} GiB for its tensors, more than the "
+                         f"{available / 2**30:.1f} GiB of memory available; use fewer examples "
+                         f"(at most about {fit} in all here, and fewer to leave room for training)")
+
+
 def make_dataset(cfg: DataConfig) -> Dataset:
     """Generate the data set ``cfg`` describes, in memory, on CPU.
 
@@ -94,4 +114,5 @@ def make_dataset(cfg: DataConfig) -> Dataset:
     """
     if not isinstance(cfg, DataConfig):
         raise ValueError(f"make_dataset takes a DataConfig, got {type(cfg).__name__}")  # noqa: TRY004
+    check_fits_in_memory(cfg)
     return DATASETS[cfg.name].build(cfg.n_train, cfg.n_test, cfg.seed, **cfg.resolved_options())

@@ -45,4 +45,5 @@ def build(n_train: int, n_test: int, seed: int, *, num_classes: int, dim: int,
                    input_shape=(dim,), num_outputs=num_classes)
 
 
-SPEC = DatasetSpec("classification", DEFAULTS, check, build)
+SPEC = DatasetSpec("classification", DEFAULTS, check, build,
+                   example_bytes=lambda o: 4 * o["dim"] + 8)  # float32 x, int64 label

@@ -114,4 +114,5 @@ def build(n_train: int, n_test: int, seed: int, *, vocab_size: int, seq_len: int
                    extra={"entropy": rate, "loss_floor": floor, "order": order})
 
 
-SPEC = DatasetSpec("lm", DEFAULTS, check, build)
+SPEC = DatasetSpec("lm", DEFAULTS, check, build,
+                   example_bytes=lambda o: 16 * o["seq_len"])  # int64 inputs and targets

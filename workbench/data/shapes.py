@@ -74,4 +74,5 @@ def build(n_train: int, n_test: int, seed: int, *, channels: int, image_size: in
                    extra={"classes": list(SHAPES[:num_classes])})
 
 
-SPEC = DatasetSpec("classification", DEFAULTS, check, build)
+SPEC = DatasetSpec("classification", DEFAULTS, check, build,  # float32 image, int64 label
+                   example_bytes=lambda o: 4 * o["channels"] * o["image_size"] ** 2 + 8)

@@ -44,4 +44,5 @@ def build(n_train: int, n_test: int, seed: int, *, dim: int, width: int, outputs
                    extra={"noise_floor": float(noise) ** 2})
 
 
-SPEC = DatasetSpec("regression", DEFAULTS, check, build)
+SPEC = DatasetSpec("regression", DEFAULTS, check, build,
+                   example_bytes=lambda o: 4 * (o["dim"] + o["outputs"]))  # float32 x and y
