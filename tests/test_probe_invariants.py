@@ -134,9 +134,10 @@ def test_the_landscape_depth_and_channel_probes_run_as_training_hooks():
         assert sorted(steps[name]) == [0, 2], name
 
 
-# Probes that draw no random numbers on the device: on it they must give the CPU's numbers (up to
-# float32 reduction order). The others start Lanczos/Hutchinson from the device's generator, so
-# only the keys of their rows that do not depend on the draws are compared.
+# Probes that draw no random numbers: on the device they must give the CPU's numbers (up to
+# float32 reduction order). The others draw their Lanczos/Hutchinson vectors on the CPU (the same
+# vectors on every device) but converge only to their tolerance, and batch their Hessian products
+# or not by timing, so only the keys of their rows that do not depend on that are compared.
 DETERMINISTIC = {"layer_norms", "channel_health", "smoothness_small", "smoothness", "landscape",
                  "depth_variance"}
 DEVICE_CASES = ["mlp-batch", "resmlp-layer", "convnet-ws-batch_channel", "transformer-mix-layer"]

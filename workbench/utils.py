@@ -81,7 +81,9 @@ def preserved_state(model: nn.Module, *, rng: bool = True, params: bool = True, 
     modes = [(m, m.training) for m in model.modules()]
     if rng:
         torch_state = torch.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        # only if CUDA was started: asking would start it (a context on every GPU) for CPU work,
+        # and a CUDA generator nobody started cannot have been drawn from
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         np_state = np.random.get_state()
         py_state = random.getstate()
     try:

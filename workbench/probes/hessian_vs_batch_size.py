@@ -93,9 +93,10 @@ def _spectrum(op, *, max_iter, tol, trace_matvecs, density_steps, seed):
     return out
 
 
-def _source(batch):
+def _source(batch, device):
     if hasattr(batch, "x_train") and hasattr(batch, "y_train"):  # a workbench Dataset
-        return batch.x_train, batch.y_train
+        # make_dataset builds on the CPU: its training split goes where the model is
+        return batch.x_train.to(device), batch.y_train.to(device)
     return check_batch(batch)
 
 
@@ -163,7 +164,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
     if density_steps:
         check_positive("density_points", density_points, integer=True)
     check_integer("seed", seed)
-    x, y = _source(batch)
+    x, y = _source(batch, next((p.device for p in model.parameters()), torch.device("cpu")))
     n = x.shape[0]
     if n < 2 or (batch_sizes is None and n < 3):
         need = "2 examples (batch_sizes=[1])" if batch_sizes is not None else \

@@ -264,11 +264,14 @@ def curvature_operator(model, batch, loss_fn, *, mode="train", kind="hessian", p
 
 
 def random_vectors(k: int, dim: int, *, seed: int, device, dtype, rademacher: bool = False) -> torch.Tensor:
-    """``(k, dim)`` Gaussian (or Rademacher) vectors from a local generator (global RNG untouched)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+    """``(k, dim)`` Gaussian (or Rademacher) vectors from a local generator (global RNG untouched).
+
+    Drawn on the CPU and moved to ``device``: a CUDA generator gives another stream for the same
+    seed, and the estimates (traces, densities, Lanczos starts) should not depend on the device."""
+    gen = torch.Generator().manual_seed(seed)
     if rademacher:
-        return torch.randint(0, 2, (k, dim), generator=gen, device=device).to(dtype) * 2 - 1
-    return torch.randn(k, dim, generator=gen, device=device, dtype=dtype)
+        return torch.randint(0, 2, (k, dim), generator=gen).to(device, dtype) * 2 - 1
+    return torch.randn(k, dim, generator=gen, dtype=dtype).to(device)
 
 
 def as_subsets(params) -> list:

@@ -154,7 +154,7 @@ def deflated_eigs(matvec, v0: torch.Tensor, *, k: int = 1, bottom_k: int = 0, ma
     iters, converged = res.iters, res.converged
     # not ``seed`` itself: v0 may come from a generator seeded with it, and a start equal to v0
     # lies in the Krylov space already explored (an invariant one when v0 saw all it could)
-    gen = torch.Generator(device=v0.device).manual_seed((seed * 1_000_003 + 7_919) % 2**63)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + 7_919) % 2**63)  # CPU: the same on any device
     for _ in range(k + bottom_k):
         # an orthonormal basis of the vectors found (a short Krylov space can put one vector in
         # both lists: a rank-deficient QR would deflate an arbitrary extra direction)
@@ -165,7 +165,7 @@ def deflated_eigs(matvec, v0: torch.Tensor, *, k: int = 1, bottom_k: int = 0, ma
             w = matvec(v - Q @ (Q.T @ v))
             return w - Q @ (Q.T @ w)
 
-        start = torch.randn(v0.numel(), generator=gen, dtype=v0.dtype, device=v0.device)
+        start = torch.randn(v0.numel(), generator=gen, dtype=v0.dtype).to(v0.device)
         start = start - Q @ (Q.T @ start)
         more = lanczos_eigs(deflated, start, k=1 if k > 1 else 0, bottom_k=1 if bottom_k > 1 else 0,
                             max_iter=max_iter, tol=tol, return_vectors=True)
