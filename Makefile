@@ -30,10 +30,10 @@ NOTEBOOKS = $(wildcard notebooks/*.ipynb)
 BENCHES   = $(wildcard benchmarks/bench_*.py)
 ROOT_FLAG = $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: venv test test-py test-notebooks serve lab bench bench-peers lint clean distclean help
+.PHONY: venv test test-py test-notebooks notebooks serve lab bench bench-peers lint clean distclean help
 
 help:
-	@echo "make venv | test | serve [PORT=5006] | lab | bench | lint | clean | distclean"
+	@echo "make venv | test | serve [PORT=5006] | lab | notebooks | bench | lint | clean | distclean"
 
 venv: $(STAMP)
 
@@ -54,6 +54,15 @@ ifneq ($(NOTEBOOKS),)
 else
 	@echo "no notebooks/*.ipynb: nothing to check with nbval"
 endif
+
+# Re-execute the notebooks in place (their stored outputs are what test-notebooks compares), one
+# kernel at a time, then sync each paired py:percent file. Each notebook pins its own threads, seeds
+# and (on x86) AVX2 CPU kernels in its first cell, so any x86 Linux machine stores the same numbers.
+# One notebook: make notebooks NOTEBOOKS=notebooks/04_curse_of_depth.ipynb
+notebooks: venv
+	$(TEST_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
+	$(BIN)/jupytext --quiet --sync $(NOTEBOOKS)
 
 serve: venv
 	$(BIN)/panel serve apps/*.py --address 127.0.0.1 --port $(PORT) \
