@@ -273,9 +273,11 @@ print("log-log slope of lr_max over B =", SCALING_SIZES, "per seed:")
 print(exponents.round(2).to_string())
 
 # %% [markdown]
-# The largest Adam rate grows like **√B**, SGD's nearly linearly: slopes 0.46–0.50 for Adam
-# and 0.76–0.90 for SGD in each of seeds 0–5 (the SGD slope is a little below 1 because the
-# full-data term already counts at B = 64). How much the number depends on the protocol (this
+# The largest Adam rate grows like **√B**, SGD's nearly linearly: slopes 0.46–0.52 for Adam
+# and 0.76–0.90 for SGD in each of seeds 0–5 (seed 0 above: 0.52 and 0.88; seeds 1–5 were
+# measured before the notebooks pinned the CPU kernels, on a CPU where seed 0 gave 0.50 and
+# 0.90; the SGD slope is a little below 1 because the full-data term already counts at B = 64).
+# How much the number depends on the protocol (this
 # toy; 2–5 seeds per line; B ∈ {8, 32, 128} where not said):
 # - budget: with B ∈ {8…64}, 4 epochs gave Adam 0.50–0.60 (SGD 0.79–0.87) and 16 epochs Adam
 #   0.38–0.44 (SGD 0.79–0.82); with B ∈ {8, 32, 128}, 4 / 8 / 16 epochs gave Adam 0.44–0.56 /

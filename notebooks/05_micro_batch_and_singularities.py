@@ -232,19 +232,21 @@ print(drift_table.round(3).to_string())
 # dead channels from the first probe points on and keeps them — layer-averaged over the second
 # half, 6–29 % dead, 3–19 % one-sided and 18–49 % duplicated channels. The drift is largest in
 # the activations right after a GroupNorm inside the blocks (`blocks.0.act1`: 43–79 % of its
-# channels duplicated at 300 steps); dead and one-sided channels are rarest in the stem, though
-# its duplicates are not (38 % of GN's stem channels over the second half of the stored run).
+# channels duplicated at 300 steps); dead and one-sided channels are rare in the stem (in the
+# stored run it has the fewest dead ones, 5 %, and 6 % one-sided against 5 % in `blocks.1.act1`),
+# though its duplicates are not (38 % of GN's stem channels over the second half of the stored run).
 # GN + WS **never** has a dead or one-sided channel, in any layer, at any probe point, in any
-# of these ten runs. BCN + WS has one, in one seed: in seed 1 (at 300 and at 600 steps) one of
-# the stem's 16 channels is dead from step 275 on — not through its filter (WS keeps that at
-# full size) but through the channel step's gain, which went to $\gamma_c = -0.22$ (median 1.35)
-# with shift $\beta_c = -0.79$, so its pre-activation is negative for every held-out image.
-# That is 0.4 % (300 steps) and 1.2 % (600) of all channels over the second half, against GN's
-# 6–29 %. (Which seed shows it is fragile: it depends on floating-point rounding — an
-# earlier implementation of the same BCN arithmetic, rounding differently, had none in these
-# ten runs.) The duplicate fraction of GN + WS and BCN + WS, layer-averaged over the second
-# half, is at most 4.2 % (single layers and probe points reach more: 17 % in BCN + WS's
-# `blocks.1.act2`, 7.5 % at one probe point, in the stored run). The flagged GN channels include the
+# of these ten runs. Nor does BCN + WS in the runs repeated with the CPU kernels this notebook
+# now pins (seeds 0–4 at 300 steps, seed 1 at 600). On the CPU these runs were first measured
+# on, it had one, in one seed: in seed 1 (at 300 and at 600 steps) one of the stem's 16
+# channels was dead from step 275 on — not through its filter (WS keeps that at full size) but
+# through the channel step's gain, which went to $\gamma_c = -0.22$ (median 1.35) with shift
+# $\beta_c = -0.79$, so its pre-activation was negative for every held-out image: 0.4 % (300
+# steps) and 1.2 % (600) of all channels over the second half, against GN's 6–29 %. Whether a
+# run shows it is fragile: it depends on floating-point rounding (an earlier implementation of
+# the same BCN arithmetic had none in these ten runs either). The duplicate fraction of GN + WS and BCN + WS, layer-averaged over the second
+# half, is at most 4.2 % (single layers and probe points reach more: 9 % in BCN + WS's
+# `blocks.1.act2`, 5 % at one probe point, in the stored run). The flagged GN channels include the
 # smallest filters of their groups (down to 1–6 % of the group's mean filter norm, as the
 # mechanism predicts), though not only those: a channel that dominates its group distorts its
 # group-mates as well.
@@ -334,12 +336,14 @@ widgets.interact_manual(rerun, variant=list(VARIANTS)[1:],
 # - Batch-Channel Normalization keeps a batch step on *estimated* statistics and works at
 #   micro-batch 1; under batch-wise normalization no channel died in the first section's runs
 #   (a channel's normalized input has zero batch mean: only a learned gain and shift could switch
-#   it off — which happened once, to one BCN + WS channel under weight decay).
+#   it off — which happened once, to one BCN + WS channel under weight decay, with other CPU
+#   kernels than the ones pinned here).
 # - GroupNorm is invariant to rescaling a group, not a channel: under weight decay single
 #   filters fade and their channels become dead, one-sided or duplicates (up to half of the
 #   channels here). WS fixes every filter's norm: GN + WS never had a dead or one-sided channel
-#   in any run we tried, BCN + WS one channel in one of five seeds (through its gain, not its
-#   filter). Without weight decay the effect is a few percent at this scale.
+#   in any run we tried, BCN + WS at most one channel in one of five seeds, and only with other
+#   CPU kernels (through its gain, not its filter). Without weight decay the effect is a few
+#   percent at this scale.
 #
 # **Try next:** `NORMLAB_FULL=1` (5 seeds, 600 steps, and the no-decay control); micro-batch 2
 # (BN's failure is milder — try it); `drift_run` with other weight decays or learning rates;
