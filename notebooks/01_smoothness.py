@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workbench import ConvNetConfig, DataConfig, MLPConfig, TrainConfig, every, train  # noqa: E402
+from workbench.parallel import parallel_map  # noqa: E402
 from workbench.probes import smoothness  # noqa: E402
 
 # SMOKE (default, < 60 s on 2 cores): three seeds. FULL (NORMLAB_FULL=1): nine seeds, the
@@ -158,18 +159,25 @@ px.line(curve, x="step", y="value", color="norm", log_y=True, markers=True,
 # %%
 shapes = DataConfig(name="shapes", n_train=1024, n_test=256, seed=0)
 CONV_SEEDS = SEEDS[:3] if FULL else [0]
+
+
+def conv_run(job):
+    """(final train loss, median β-smoothness) of one ConvNet run."""
+    ws, seed = job
+    cfg = TrainConfig(model=ConvNetConfig(norm="group", ws=ws, norm_options={"groups": 4}), data=shapes,
+                      steps=200, batch_size=32, lr=LR, momentum=0.9, eval_every=0, seed=seed)
+    run = train(cfg, probes={"smoothness": partial(smoothness, lr=LR)}, schedule=every(50))
+    f = run.frame[(run.frame.probe == "smoothness") & (run.frame.layer == "")]
+    return run.metric("loss").iloc[-10:].mean(), f[f.metric == "beta_smoothness"].value.median()
+
+
+jobs = [(ws, seed) for ws in (False, True) for seed in CONV_SEEDS]
+done = dict(zip(jobs, parallel_map(conv_run, jobs)))  # two processes at once, same numbers
 conv = {}
 for ws in (False, True):
-    name = "GroupNorm + WS" if ws else "GroupNorm"
-    losses, betas = [], []
-    for seed in CONV_SEEDS:
-        cfg = TrainConfig(model=ConvNetConfig(norm="group", ws=ws, norm_options={"groups": 4}), data=shapes,
-                          steps=200, batch_size=32, lr=LR, momentum=0.9, eval_every=0, seed=seed)
-        run = train(cfg, probes={"smoothness": partial(smoothness, lr=LR)}, schedule=every(50))
-        f = run.frame[(run.frame.probe == "smoothness") & (run.frame.layer == "")]
-        losses.append(run.metric("loss").iloc[-10:].mean())
-        betas.append(f[f.metric == "beta_smoothness"].value.median())
-    conv[name] = {"final_train_loss": np.mean(losses), "beta_smoothness": np.mean(betas)}
+    losses, betas = zip(*(done[(ws, seed)] for seed in CONV_SEEDS))
+    conv["GroupNorm + WS" if ws else "GroupNorm"] = {"final_train_loss": np.mean(losses),
+                                                    "beta_smoothness": np.mean(betas)}
 conv = pd.DataFrame(conv).T
 
 # %%
@@ -241,13 +249,16 @@ def matched_probe(model, batch, loss_fn):
 
 
 MATCHED_SEEDS = SEEDS  # 0-2, FULL 0-8
-matched = []
-for seed in MATCHED_SEEDS:
+
+
+def matched_run(seed):
     cfg = TrainConfig(model=ConvNetConfig(norm="group", ws=True, norm_options={"groups": 4}), data=shapes,
                       steps=200, batch_size=32, lr=LR, momentum=0.9, eval_every=0, seed=seed)
     run = train(cfg, probes={"matched": matched_probe}, schedule=every(25))
-    matched.append(run.frame[run.frame.probe.isin(["ws", "gn_twin"])].assign(seed=seed))
-matched = pd.concat(matched)
+    return run.frame[run.frame.probe.isin(["ws", "gn_twin"])].assign(seed=seed)
+
+
+matched = pd.concat(parallel_map(matched_run, MATCHED_SEEDS))  # two processes at once, same numbers
 
 
 def paired(metric, layer=""):

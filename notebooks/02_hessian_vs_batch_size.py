@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workbench import DataConfig, MLPConfig, TrainConfig, train  # noqa: E402
+from workbench.parallel import parallel_map  # noqa: E402
 from workbench.probes import hessian_vs_batch_size  # noqa: E402
 
 # SMOKE (default, < 60 s on 2 cores): one seed. FULL (NORMLAB_FULL=1): three seeds, averaged.
@@ -260,7 +261,10 @@ def bisected_lr_max(optimizer, batch_size, seed=0, resolution=0.125):
     return 2 ** lo
 
 
-lr_max = {opt: pd.DataFrame({seed: [bisected_lr_max(opt, b, seed) for b in SCALING_SIZES] for seed in SEEDS},
+# each search is independent: two worker processes run them at once (same numbers as a loop)
+jobs = [(opt, b, seed) for opt in ("sgd", "adam") for seed in SEEDS for b in SCALING_SIZES]
+found = dict(zip(jobs, parallel_map(lambda job: bisected_lr_max(*job), jobs)))
+lr_max = {opt: pd.DataFrame({seed: [found[(opt, b, seed)] for b in SCALING_SIZES] for seed in SEEDS},
                             index=SCALING_SIZES) for opt in ("sgd", "adam")}
 exponents = pd.DataFrame({opt: [np.polyfit(np.log(SCALING_SIZES), np.log(f[s]), 1)[0] for s in SEEDS]
                           for opt, f in lr_max.items()}, index=pd.Index(SEEDS, name="seed"))
