@@ -91,9 +91,10 @@ def parallel_map(fn: Callable, items: Iterable, *, workers: int = 2, progress: b
         Whatever ``fn`` raised for the first failing item (in item order); the others still run.
 
     Note:
-        Each call costs its pickling; each worker, once, about a second to start (the workers
-        fork from a server that has imported torch and the workbench). Interrupting (Ctrl-C, a
-        notebook's stop button) terminates the calls in flight.
+        Each call costs its pickling; the pool, once, a few seconds to start (about 4 s on a
+        2-core machine here: a server imports torch and the workbench, the workers fork from
+        it), so runs of a few seconds each gain little. Interrupting (Ctrl-C, a notebook's stop
+        button) terminates the calls in flight.
     """
     check_positive("workers", workers, integer=True)
     items = list(items)
