@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import multiprocessing
-import os
 from collections.abc import Callable, Iterable
 
 from ._validate import check_positive
+from .sweeps.executors import init_worker, worker_context
 
 __all__ = ["parallel_map"]
-
-
-def _init_worker(threads: int, deterministic: bool) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
 
 _POOL: dict = {}  # the one pool: "key" (workers, threads, deterministic) and "pool" (the executor)
 
@@ -40,16 +30,9 @@ def _pool(workers: int, threads: int, deterministic: bool) -> cf.ProcessPoolExec
     key = (workers, threads, deterministic)
     if _POOL.get("key") != key or getattr(_POOL.get("pool"), "_broken", False):
         _close_pool(terminate=False)
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["workbench.parallel", "torch"])
-        _POOL["pool"] = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                               initargs=(threads, deterministic))
+        _POOL["pool"] = cf.ProcessPoolExecutor(workers, mp_context=worker_context(["workbench.parallel"]),
+                                               initializer=init_worker, initargs=(threads, deterministic))
         _POOL["key"] = key
-        if not _POOL.get("atexit"):
-            atexit.register(_close_pool, terminate=False)
-            _POOL["atexit"] = True
     return _POOL["pool"]
 
 
@@ -64,11 +47,30 @@ def _close_pool(terminate: bool) -> None:
     pool.shutdown(wait=not terminate, cancel_futures=True)
 
 
+atexit.register(_close_pool, terminate=False)
+
+
 def _call(payload: bytes):
     import cloudpickle
 
     fn, item = cloudpickle.loads(payload)
     return fn(item)
+
+
+def _bar(progress: bool, total: int):
+    """A tqdm bar over ``total`` calls, or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total)
+
+
+def _counted(value, bar):
+    """``value``, with one more call counted on the progress bar (if any)."""
+    if bar is not None:
+        bar.update()
+    return value
 
 
 def parallel_map(fn: Callable, items: Iterable, *, workers: int = 2, progress: bool = False) -> list:
@@ -99,12 +101,12 @@ def parallel_map(fn: Callable, items: Iterable, *, workers: int = 2, progress: b
     check_positive("workers", workers, integer=True)
     items = list(items)
     if workers == 1 or len(items) <= 1:
-        it = items
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(items)
-        return [fn(item) for item in it]
+        bar = _bar(progress, len(items))
+        try:
+            return [_counted(fn(item), bar) for item in items]
+        finally:
+            if bar is not None:
+                bar.close()
     import cloudpickle
     import torch
 
@@ -116,11 +118,7 @@ def parallel_map(fn: Callable, items: Iterable, *, workers: int = 2, progress: b
             raise ValueError(f"parallel_map: cannot send fn={getattr(fn, '__name__', fn)!r} with item "
                              f"{i} ({item!r:.60}) to a worker process: {err}") from err
     pool = _pool(workers, torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items))
+    bar = _bar(progress, len(items))
     results: list = [None] * len(items)
     errors: dict[int, BaseException] = {}
     futures = {}
@@ -129,13 +127,11 @@ def parallel_map(fn: Callable, items: Iterable, *, workers: int = 2, progress: b
         for fut in cf.as_completed(futures):
             i = futures[fut]
             try:
-                results[i] = fut.result()
+                results[i] = _counted(fut.result(), bar)
             except cf.process.BrokenProcessPool:
                 raise
             except Exception as err:  # noqa: BLE001  (re-raised below, first in item order)
-                errors[i] = err
-            if bar is not None:
-                bar.update()
+                errors[i] = _counted(err, bar)
     except BaseException:
         # interrupted (Ctrl-C, the notebook's stop button) or a worker died: stop the runs in
         # flight now rather than after they finish, and start a fresh pool next time

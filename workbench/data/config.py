@@ -94,9 +94,10 @@ def check_fits_in_memory(cfg: DataConfig, available: int | None = None) -> None:
     available = available_memory() if available is None else available
     if available is None:
         return
-    need = (cfg.n_train + cfg.n_test) * spec.example_bytes(cfg.resolved_options())
+    per_example = spec.example_bytes(cfg.resolved_options())
+    need = (cfg.n_train + cfg.n_test) * per_example
     if need > available:
-        fit = max(1, available // spec.example_bytes(cfg.resolved_options()))
+        fit = max(1, available // per_example)
         raise ValueError(f"data set {cfg.name!r} with n_train={cfg.n_train} and n_test={cfg.n_test} "
                          f"needs at least {need / 2**30:.1f} GiB for its tensors, more than the "
                          f"{available / 2**30:.1f} GiB of memory available; use fewer examples "

@@ -46,6 +46,12 @@ def check_pair(batch) -> tuple:
     return batch[0], batch[1]
 
 
+def on_model_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` on the device of the model's parameters (as they are for a model without any)."""
+    device = next((p.device for p in model.parameters()), x.device)
+    return (x, y) if x.device == device else (x.to(device), y.to(device))
+
+
 def forward_loss(model: nn.Module, batch, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
     """``(outputs, loss)`` for a checked batch; a shape mismatch or a non-scalar loss is a ValueError."""
     x, y = check_batch(batch)

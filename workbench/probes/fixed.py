@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import takes_lr
+from ._batch import on_model_device
 
 
 class FixedBatch:
@@ -44,10 +45,7 @@ class FixedBatch:
     def __call__(self, model, batch, loss_fn, *, lr: float | None = None, **kwargs):
         """Run the probe on the fixed batch (moved to the model's device); ``batch`` (the
         step's) is ignored; ``lr`` reaches the probe only if it takes one."""
-        x, y = self.batch
-        device = next((p.device for p in model.parameters()), x.device)
-        if x.device != device:
-            x, y = x.to(device), y.to(device)
+        x, y = on_model_device(model, *self.batch)
         if lr is not None and self.passes_lr:
             kwargs["lr"] = lr
         return self.probe(model, (x, y), loss_fn, **kwargs)

@@ -24,6 +24,7 @@ import torch
 from .._validate import check_choice, check_integer, check_positive
 from ..norms import fitting_batch_size
 from ..utils import preserved_state
+from ._batch import on_model_device
 from .exact_trace import ExactTraceUnavailable, exact_trace, unsupported_reason
 from .hessian_density import broadened_density
 from .hessian_trace import trace_estimate
@@ -93,10 +94,10 @@ def _spectrum(op, *, max_iter, tol, trace_matvecs, density_steps, seed):
     return out
 
 
-def _source(batch, device):
+def _source(model, batch):
     if hasattr(batch, "x_train") and hasattr(batch, "y_train"):  # a workbench Dataset
         # make_dataset builds on the CPU: its training split goes where the model is
-        return batch.x_train.to(device), batch.y_train.to(device)
+        return on_model_device(model, batch.x_train, batch.y_train)
     return check_batch(batch)
 
 
@@ -164,7 +165,7 @@ def hessian_vs_batch_size(model, batch, loss_fn, *, batch_sizes=None, num_batche
     if density_steps:
         check_positive("density_points", density_points, integer=True)
     check_integer("seed", seed)
-    x, y = _source(batch, next((p.device for p in model.parameters()), torch.device("cpu")))
+    x, y = _source(model, batch)
     n = x.shape[0]
     if n < 2 or (batch_sizes is None and n < 3):
         need = "2 examples (batch_sizes=[1])" if batch_sizes is not None else \

@@ -23,12 +23,34 @@ from .._validate import check_choice, check_positive
 EXECUTORS = ("local", "serial", "dask")
 
 
-def _init_worker(threads: int) -> None:
-    """Pool initializer: one torch thread per worker, so N workers use N cores, not N*N."""
+def init_worker(threads: int, deterministic: bool | None = None) -> None:
+    """Pool initializer: ``threads`` torch threads per worker (1: N workers use N cores, not
+    N*N), and torch's deterministic-algorithms setting where one is given."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def pick_start_method(start_method: str | None = None) -> str:
+    """``start_method`` checked, or ``forkserver`` where the platform has it (the server imports
+    torch once, each worker forks from it), else ``spawn``; never ``fork`` (a copy of a process
+    with threads)."""
+    methods = multiprocessing.get_all_start_methods()
+    start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+    check_choice("start method", start_method, [m for m in methods if m != "fork"])
+    return start_method
+
+
+def worker_context(preload: list[str], start_method: str | None = None):
+    """The multiprocessing context of a worker pool; a forkserver imports ``preload`` first."""
+    start_method = pick_start_method(start_method)
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(preload)
+    return ctx
 
 
 class SerialExecutor:
@@ -84,9 +106,7 @@ class LocalExecutor:
                  threads_per_run: int = 1):
         self.workers = workers or os.cpu_count() or 1
         check_positive("workers", self.workers, integer=True)
-        methods = multiprocessing.get_all_start_methods()
-        self.start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
-        check_choice("start method", self.start_method, [m for m in methods if m != "fork"])
+        self.start_method = pick_start_method(start_method)
         self.threads = threads_per_run
         self._pool = None
 
@@ -94,10 +114,8 @@ class LocalExecutor:
         if self._pool is None or getattr(self._pool, "_broken", False):
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
-            ctx = multiprocessing.get_context(self.start_method)
-            if self.start_method == "forkserver":
-                ctx.set_forkserver_preload(["workbench.sweeps.runner"])
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+            ctx = worker_context(["workbench.sweeps.runner"], self.start_method)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
                                                 initargs=(self.threads,))
         return self._pool
 
