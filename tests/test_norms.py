@@ -20,6 +20,7 @@ from workbench.norms import (
     is_norm_module,
     make_norm,
     norm_layouts,
+    standardize_weight,
 )
 
 DT = torch.float64
@@ -442,6 +443,27 @@ def test_ws_linear_and_conv_match_explicit_standardization(seed):
         # standardization is shift invariant per unit, so each unit's raw-weight gradient sums to 0
         assert_close(layer.weight.grad.reshape(layer.weight.shape[0], -1).sum(1),
                      torch.zeros(layer.weight.shape[0], dtype=DT))
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (6, 2, 3, 3), (3, 1, 1, 1)])
+def test_ws_derivatives_match_the_explicit_formula(shape):
+    """The fused standardization's gradient, Hessian-vector product and forward-mode tangent are
+    those of the explicit (w - mean) / sqrt(var + eps), in float64 (the probes need all three)."""
+    torch.manual_seed(0)
+    w, v, g = (torch.randn(shape, dtype=DT) for _ in range(3))
+    w[0] *= 1e-3  # a nearly constant unit: eps matters there
+
+    def loss(f):
+        return lambda w: (f(w, 1e-5) * g).sin().sum()
+
+    fused, explicit = loss(standardize_weight), loss(ws_explicit)
+    assert_close(fused(w), explicit(w), rtol=1e-12, atol=1e-12)
+    assert_close(torch.func.grad(fused)(w), torch.func.grad(explicit)(w), rtol=1e-10, atol=1e-12)
+    hvp_fused = torch.autograd.functional.hvp(fused, w, v)[1]
+    hvp_explicit = torch.autograd.functional.hvp(explicit, w, v)[1]
+    assert_close(hvp_fused, hvp_explicit, rtol=1e-9, atol=1e-10)
+    assert_close(torch.func.jvp(fused, (w,), (v,))[1], torch.func.jvp(explicit, (w,), (v,))[1],
+                 rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", NAMES)
