@@ -149,12 +149,13 @@ px.line(curve, x="step", y="value", color="norm", log_y=True, markers=True,
 # consistently lower with WS. In a separate measurement (not among this notebook's cells, which
 # probe the training batch every 50 steps) with the probe on a fixed held-out batch of 128 images
 # every 25 steps (seeds 0–2, 200 steps): WS's β is lower at step 0 in 3 of 3 seeds (identical
-# raw weights; 4.7 vs 24.3, 5.1 vs 12.3, 4.9 vs 20.5), but at only 2, 0 and 6 of the 8 later
+# raw weights; 4.7 vs 24.3, 5.1 vs 12.3, 4.9 vs 20.5), but at only 3, 3 and 4 of the 8 later
 # probe points, and its median over the run is lower in 2 of 3 seeds. Matching the loss instead
-# of the step does not help: WS reaches GroupNorm's final loss (≈ 0.55–0.8) by step 50, where its
-# β (6.7–11.8) is higher than GroupNorm's final β in 2 of 3 seeds. Two runs that train at
-# different speeds sit in different places of the landscape, so their β differ for reasons that
-# have nothing to do with the parameterization.
+# of the step does not help: WS reaches GroupNorm's final training loss (0.64–0.95, mean of the
+# last 10 steps) around step 50 (its own 10-step mean crosses it at steps 48–55), where its β
+# (7.5–12.4 at step 50) is higher than GroupNorm's final β (3.1–5.2) in 3 of 3 seeds. Two runs
+# that train at different speeds sit in different places of the landscape, so their β differ for
+# reasons that have nothing to do with the parameterization.
 
 # %%
 shapes = DataConfig(name="shapes", n_train=1024, n_test=256, seed=0)
@@ -293,13 +294,15 @@ print("smallest twin/WS β ratio per conv layer:", ", ".join(f"{n} {v:.2f}" for 
 # at the same weight norms, has a larger β-smoothness (the gradient's Lipschitz constant along
 # −g) and a larger gradient norm (the loss's Lipschitz constant) than the GN+WS one — both of the
 # WS paper's claims, held in 3 of 3 seeds in SMOKE and 9 of 9 in FULL (smallest ratios over the
-# 81 FULL probe points: β 1.9×, gradient norm 1.5×), and in every convolution layer separately
-# (the probe's per-layer rows). The per-seed medians differ by 3.7–6.0× (SMOKE's three seeds). What is *not* uniform: per
-# step size (`beta_at_eta`), the twin's gradient change is smaller than WS's at the three
-# largest steps (η ≥ 0.074 ≈ 0.74·lr) at a handful of probe points, all at steps 25 and 50 (14
-# of 648 (seed, step, η) points over the nine seeds): far along −g the twin leaves its sharp region
-# sooner. At the small steps where β measures local curvature, and for the probe's β (its
-# maximum over η), WS is lower everywhere we looked.
+# 81 FULL probe points: β 2.1×, gradient norm 1.5×), and in every convolution layer separately
+# (the probe's per-layer rows). The per-seed medians differ by 3.9–7.8× (SMOKE's three seeds;
+# FULL's nine fall in the same range). What is *not* uniform: per step size, the twin's β
+# (`beta_at_eta`, its gradient change over the step length ‖ηg‖, longer for the twin's larger g)
+# is smaller than WS's at the three largest steps (η ≥ 0.074 ≈ 0.74·lr) at a handful of probe
+# points, all at step 25 (13 of 648 (seed, step, η) points over the nine seeds, none in SMOKE's
+# seeds 0–2): far along −g the twin leaves its sharp region sooner (its raw gradient change,
+# `grad_change_at_eta`, is still the larger at all 648). At the small steps where β measures
+# local curvature, and for the probe's β (its maximum over η), WS is lower everywhere we looked.
 
 # %%
 assert loss_m.sub(loss_m.ws, axis=0).abs().max().max() < 1e-3  # the twin computes the same function
