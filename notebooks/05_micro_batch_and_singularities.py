@@ -237,23 +237,32 @@ print(drift_table.round(3).to_string())
 # %% [markdown]
 # **What we see** (seeds 0–4 at 300 steps and at 600 steps, all at micro-batch 1): GN has
 # dead channels from the first probe points on and keeps them — layer-averaged over the second
-# half, 6–29 % dead, 3–19 % one-sided and 18–49 % duplicated channels. The drift is largest in
-# the activations right after a GroupNorm inside the blocks (`blocks.0.act1`: 43–79 % of its
-# channels duplicated at 300 steps); dead and one-sided channels are rare in the stem (in the
-# stored run it has the fewest dead ones, 5 %, and 6 % one-sided against 5 % in `blocks.1.act1`),
-# though its duplicates are not (38 % of GN's stem channels over the second half of the stored run).
+# half, 8–22 % dead, 5–17 % one-sided and 14–43 % duplicated channels. Duplicates are most
+# frequent right after a GroupNorm inside the blocks: at 300 steps one of the two `act1` layers
+# has the most in every seed (34–80 % of its channels over the second half; 80 % of
+# `blocks.0.act1` in the stored run). In the stored run the stem has the fewest dead channels
+# (5 %), and 6 % one-sided against 5 % in `blocks.1.act1`, though its duplicates are not rare
+# (38 % of GN's stem channels over the second half).
 # GN + WS **never** has a dead or one-sided channel, in any layer, at any probe point, in any
-# of these ten runs. Nor does BCN + WS in the runs repeated with the CPU kernels this notebook
-# now pins (seeds 0–4 at 300 steps, seed 1 at 600). On the CPU these runs were first measured
-# on, it had one, in one seed: in seed 1 (at 300 and at 600 steps) one of the stem's 16
-# channels was dead from step 275 on — not through its filter (WS keeps that at full size) but
-# through the channel step's gain, which went to $\gamma_c = -0.22$ (median 1.35) with shift
-# $\beta_c = -0.79$, so its pre-activation was negative for every held-out image: 0.4 % (300
-# steps) and 1.2 % (600) of all channels over the second half, against GN's 6–29 %. Whether a
-# run shows it is fragile: it depends on floating-point rounding (an earlier implementation of
-# the same BCN arithmetic had none in these ten runs either). The duplicate fraction of GN + WS and BCN + WS, layer-averaged over the second
-# half, is at most 4.2 % (single layers and probe points reach more: 9 % in BCN + WS's
-# `blocks.1.act2`, 5 % at one probe point, in the stored run). The flagged GN channels include the
+# of these ten runs. BCN + WS never has a dead one. In seed 0 (the stored run; the 600-step run
+# repeats its 300 steps exactly) three channels are one-sided at a few probe points between
+# steps 250 and 299 — the stem's channel 14, and 2 of the 16 of `blocks.0.act1` (the 12.5 %
+# maximum) — and none after: 0.9 % one-sided over the second half of the 300-step run, 0 over
+# that of the 600-step run, against GN's 5–17 %. Not through their filters (WS keeps those at
+# full size) but through BCN's two affine steps, none of their parameters extreme: at step 250
+# the stem's channel 14 has the smallest batch-step gain of its group (`batch_weight` 1.02,
+# group-mates 1.53–2.06) and a negative batch-step shift (`batch_bias` −0.88, layer median
+# 0.19), so the group step leaves it low (−0.54 ± 0.59 on the held-out images), and the channel
+# step's $\gamma_c = 0.75$ (median 1.36), $\beta_c = -1.29$ (median −0.69) make it
+# $-1.70 \pm 0.45$: |mean|/std = 3.8, just over the threshold 3 (any one of the four at its
+# layer's median: 2.5–2.8). Such channels sit on the threshold, and whether BCN + WS shows one
+# at all depends on floating-point rounding: versions of this notebook that differed only in
+# rounding (other CPU kernels, equivalent ways of computing WS) had none, or one dead stem
+# channel in one seed — while GN's drift of tens of percent showed every time.
+# The duplicate fraction of GN + WS and BCN + WS, layer-averaged over the second half, is at most
+# 3.1 % (single layers and probe points reach more: 15 % of BCN + WS's `blocks.1.act2` over the
+# second half of the stored run, 19 % at one probe point; up to 6 of the stem's 16 channels at
+# one early probe point, step 100 or 125, in both). The flagged GN channels include the
 # smallest filters of their groups (down to 1–6 % of the group's mean filter norm, as the
 # mechanism predicts), though not only those: a channel that dominates its group distorts its
 # group-mates as well.
@@ -266,9 +275,10 @@ print(drift_table.round(3).to_string())
 # (seeds 0–2) shows the same picture as $\lambda = 0.02$ at lr 0.1. The **median elimination
 # distance** is no drift indicator here: it grows for all three during training, and GN's
 # starts higher at initialization (0.33–0.44 averaged over layers, against 0.09 with WS, whose
-# zero-mean filters cancel the images' mean), so in one of our runs GN + WS's second-half median
-# exceeded GN's. The weight decay also costs GN accuracy (this section is about the probe, not
-# about a fair tuning of each variant).
+# zero-mean filters cancel the images' mean), so it separates GN from GN + WS far less than the
+# dead and duplicate fractions do (second-half layer means 0.44–0.97 against 0.31–0.48 in the ten
+# runs above: the ranges overlap). The weight decay also costs GN accuracy (this section is about
+# the probe, not about a fair tuning of each variant).
 
 # %%
 for seed in DRIFT_SEEDS:
@@ -300,8 +310,8 @@ px.bar(late.groupby(["variant", "layer", "metric"], as_index=False).value.mean()
 # %% [markdown]
 # **FULL only: weight decay is the driver.** The same GN runs with $\lambda = 0$ (seeds 0–4,
 # 600 steps, micro-batch 1): per seed, weight decay should increase GN's dead and duplicated
-# fractions. Measured: second-half means 0–7 % dead and 0–8 % duplicated without decay, against
-# 10–21 % and 19–41 % with $\lambda = 0.02$ (test accuracy without decay: 0.85–0.95 in our
+# fractions. Measured: second-half means 0–6 % dead and 0–8 % duplicated without decay, against
+# 10–22 % and 14–41 % with $\lambda = 0.02$ (test accuracy without decay: 0.85–0.95 in our
 # batch-16 runs of the same setting, 0.61–0.80 with it).
 
 # %%
@@ -342,14 +352,15 @@ widgets.interact_manual(rerun, variant=list(VARIANTS)[1:],
 # - GroupNorm is batch-independent; Weight Standardization makes it train far better.
 # - Batch-Channel Normalization keeps a batch step on *estimated* statistics and works at
 #   micro-batch 1; under batch-wise normalization no channel died in the first section's runs
-#   (a channel's normalized input has zero batch mean: only a learned gain and shift could switch
-#   it off — which happened once, to one BCN + WS channel under weight decay, with other CPU
-#   kernels than the ones pinned here).
+#   (a channel's normalized input has zero batch mean: only learned gains and shifts can push it
+#   to one side — under weight decay a few BCN + WS channels became one-sided for a few probe
+#   points, in one of five seeds; none died).
 # - GroupNorm is invariant to rescaling a group, not a channel: under weight decay single
 #   filters fade and their channels become dead, one-sided or duplicates (up to half of the
 #   channels here). WS fixes every filter's norm: GN + WS never had a dead or one-sided channel
-#   in any run we tried, BCN + WS at most one channel in one of five seeds, and only with other
-#   CPU kernels (through its gain, not its filter). Without weight decay the effect is a few
+#   in any run we tried; BCN + WS no dead one, and one-sided ones (at most 2 of a layer's 16, for
+#   a few probe points) in one of five seeds, through its gains and shifts, not its filters —
+#   whether they show at all depends on rounding. Without weight decay the effect is a few
 #   percent at this scale.
 #
 # **Try next:** `NORMLAB_FULL=1` (5 seeds, 600 steps, and the no-decay control); micro-batch 2
